@@ -1,0 +1,415 @@
+"""The shared DTI estimator: parameters, validation, the fit loop, inference.
+
+:class:`BaseDTI` owns everything the two estimators have in common, the way
+scikit-learn's ``BaseMixture`` owns the EM loop: input validation, the
+``n_init`` restarts, the epochs with their curriculum and learning-rate
+decay, empty-cluster reassignment, the final assignment pass, device-safe
+pickling and the plumbing of ``predict``, ``transform`` and
+``get_aligned_prototypes``.  Subclasses fill a few small hooks with their
+objective (see the methods marked *hook*).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin, _fit_context
+from sklearn.cluster import KMeans, kmeans_plusplus
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from tqdm.auto import tqdm
+
+from dti_sklearn._images import ImageLayout, validate_images
+from dti_sklearn._schedule import active_at, curriculum_starts, learning_rate_at
+from dti_sklearn._torch.device import resolve_device
+from dti_sklearn._torch.network import PrototypeNetwork
+from dti_sklearn.transforms import Transformation, make_transformations
+
+#: Default transformation sequence (the paper's MNIST sequence).
+DEFAULT_TRANSFORMS = ("affine", "morphological", "thin_plate_spline")
+
+#: Samples per inference batch.
+_INFERENCE_BATCH = 1024
+
+
+@dataclass
+class _Run:
+    """Outcome of one initialisation: the network and its final loss."""
+
+    network: PrototypeNetwork
+    loss: float
+    loss_curve: list[float] = field(default_factory=list)
+    n_iter: int = 0
+
+
+class BaseDTI(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Base class of the DTI estimators (not for direct use).
+
+    Parameters are documented on :class:`~dti_sklearn.DTIKMeans` and
+    :class:`~dti_sklearn.DTIGaussianMixture`.
+    """
+
+    _parameter_constraints: dict = {
+        "transforms": [list, tuple, str, Transformation, None],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions({"random", "k-means++", "k-means"}), "array-like"],
+        "curriculum": [StrOptions({"auto"}), list, tuple],
+        "image_shape": [None, list, tuple],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    #: Clusters that receive less than this share of 1/K of the samples
+    #: between two checks are restarted from the largest cluster.
+    empty_cluster_share = 0.2
+    #: Iterations between two empty-cluster checks.
+    reassign_every = 40
+    #: Weight decay of the encoder and heads (the paper's 1e-6).
+    weight_decay = 1e-6
+
+    # ------------------------------------------------------------------ hooks
+    @property
+    @abstractmethod
+    def _n_clusters(self) -> int:
+        """Number of clusters K (hook)."""
+
+    def _network_kwargs(self, data: torch.Tensor, centres: torch.Tensor) -> dict:
+        """Extra keyword arguments of :class:`PrototypeNetwork` (hook)."""
+        return {}
+
+    @abstractmethod
+    def _batch_loss(
+        self, network: PrototypeNetwork, x: torch.Tensor, means: torch.Tensor,
+        deviations: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training loss of a batch and the cluster of each sample (hook)."""
+
+    @abstractmethod
+    def _costs(
+        self, network: PrototypeNetwork, x: torch.Tensor, means: torch.Tensor,
+        deviations: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, K) float64 costs, lower for a better fit (hook)."""
+
+    @abstractmethod
+    def _final_loss(self, costs: np.ndarray) -> float:
+        """The objective on the whole training set, from its costs (hook)."""
+
+    @abstractmethod
+    def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
+        """Store the estimator's fitted attributes (hook)."""
+
+    def _after_reassignment(
+        self, network: PrototypeNetwork, small: torch.Tensor, largest: int,
+    ) -> None:
+        """Adjust parameters after clusters were copied from the largest (hook)."""
+
+    # --------------------------------------------------------------- fitting
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Learn the prototypes and the transformation predictor.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, H, W), (n_samples, H, W, C) or (n_samples, d)
+            Training images; ``uint8`` values are scaled to ``[0, 1]``.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        images = validate_images(self, X, image_shape=self.image_shape, reset=True)
+        n_samples, k = images.shape[0], self._n_clusters
+        if n_samples < k:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+        transformations = make_transformations(self.transforms)
+        starts = curriculum_starts(self.curriculum, transformations, self.max_iter)
+        device = resolve_device(self.device)
+        rng = check_random_state(self.random_state)
+        data = torch.from_numpy(images).to(device)
+
+        best: _Run | None = None
+        for init_index in range(self.n_init):
+            seed = int(rng.randint(np.iinfo(np.int32).max))
+            run = self._fit_single(data, images, transformations, starts, seed, init_index)
+            if best is None or run.loss < best.loss:
+                best = run
+        assert best is not None
+        self.network_ = best.network
+        self.device_ = device
+        self.transforms_ = transformations
+        self.loss_curve_ = best.loss_curve
+        self.n_iter_ = best.n_iter
+        costs = self._compute_costs(data)
+        self._set_fitted_attributes(best.network, costs)
+        return self
+
+    def _initial_centres(self, images: np.ndarray, seed: int) -> np.ndarray:
+        """(K, C, H, W) starting prototypes from ``init``."""
+        k = self._n_clusters
+        layout: ImageLayout = self._layout
+        flat = images.reshape(len(images), -1)
+        init = self.init
+        if isinstance(init, str) and init == "random":
+            idx = np.random.RandomState(seed).choice(len(images), k, replace=False)
+            return images[idx].copy()
+        if isinstance(init, str) and init == "k-means++":
+            centres, _ = kmeans_plusplus(flat, k, random_state=seed)
+        elif isinstance(init, str) and init == "k-means":
+            centres = KMeans(k, n_init=1, random_state=seed).fit(flat).cluster_centers_
+        else:
+            given = np.asarray(init)
+            scale = 1.0 / 255.0 if given.dtype == np.uint8 else 1.0
+            given = given.astype(np.float32) * scale
+            if given.shape[0] != k or given.size != k * layout.n_features:
+                raise ValueError(
+                    f"init array must hold {k} prototypes of shape {layout.image_shape} "
+                    f"(or {layout.n_features} values each), got shape {given.shape}."
+                )
+            if not np.isfinite(given).all():
+                raise ValueError("init array contains NaN or infinity.")
+            user = given.reshape(k, *layout.image_shape)
+            return _user_to_nchw(user, layout)
+        return centres.reshape(k, *images.shape[1:]).astype(np.float32)
+
+    def _fit_single(
+        self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
+        starts: list[int], seed: int, init_index: int,
+    ) -> _Run:
+        """Train one network from one initialisation."""
+        device = data.device
+        generator = torch.Generator().manual_seed(seed)
+        centres = torch.from_numpy(self._initial_centres(images, seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            network = PrototypeNetwork(
+                centres, copy.deepcopy(transformations), **self._network_kwargs(data, centres)
+            ).to(device)
+        optimizer = self._make_optimizer(network)
+        n_samples, k = data.shape[0], self._n_clusters
+        batch_size = min(self.batch_size, n_samples)
+        counts = torch.zeros(k, device=device)
+        loss_curve: list[float] = []
+        iteration = 0
+        epochs = tqdm(
+            range(self.max_iter), disable=not self.verbose, leave=False,
+            desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
+        )
+        network.train()
+        for epoch in epochs:
+            active = active_at(starts, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(self.learning_rate, epoch, self.max_iter)
+            order = torch.randperm(n_samples, generator=generator).to(device)
+            total = torch.zeros((), device=device)
+            for batch in _batches(order, batch_size):
+                x = data[batch]
+                means, deviations = network(x, active)
+                loss, assigned = self._batch_loss(network, x, means, deviations)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(batch)
+                counts += torch.bincount(assigned, minlength=k)
+                iteration += 1
+                if iteration % self.reassign_every == 0:
+                    self._reassign_empty(network, optimizer, counts, generator)
+                    counts.zero_()
+            epoch_loss = float(total) / n_samples
+            if not math.isfinite(epoch_loss):
+                raise FloatingPointError(
+                    f"The training loss became {epoch_loss} at epoch {epoch}; try a lower "
+                    "learning_rate."
+                )
+            loss_curve.append(epoch_loss)
+            epochs.set_postfix(loss=f"{epoch_loss:.5f}")
+        network.eval()
+        costs = self._compute_costs(data, network)
+        return _Run(network, self._final_loss(costs), loss_curve, self.max_iter)
+
+    def _make_optimizer(self, network: PrototypeNetwork) -> torch.optim.Optimizer:
+        """Adam; weight decay on the predictor only, never on the prototypes."""
+        predictor = list(network.encoder.parameters()) + list(network.heads.parameters())
+        ids = {id(p) for p in predictor}
+        others = [p for p in network.parameters() if id(p) not in ids]
+        return torch.optim.Adam(
+            [
+                {"params": predictor, "weight_decay": self.weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ],
+            lr=self.learning_rate,
+        )
+
+    @torch.no_grad()
+    def _reassign_empty(
+        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
+        counts: torch.Tensor, generator: torch.Generator,
+    ) -> None:
+        """Restart clusters that received too few samples from the largest one."""
+        k = network.n_prototypes
+        share = (counts / counts.sum().clamp_min(1)).cpu()
+        small = torch.nonzero(share < self.empty_cluster_share / k).flatten()
+        if len(small) == 0 or len(small) == k:
+            return
+        largest = int(share.argmax())
+        small = small.to(counts.device)
+        for param in network.cluster_parameters():
+            param[small] = param[largest]
+            state = optimizer.state.get(param, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][small] = state[key][largest]
+        noise = torch.randn(
+            (len(small), *network.prototypes.shape[1:]), generator=generator
+        ).to(counts.device)
+        network.prototypes[small] += 1e-3 * noise
+        self._after_reassignment(network, small, largest)
+
+    # ------------------------------------------------------------- inference
+    @torch.no_grad()
+    def _compute_costs(
+        self, data: torch.Tensor, network: PrototypeNetwork | None = None,
+    ) -> np.ndarray:
+        """(n, K) float64 costs of every sample against every aligned prototype."""
+        network = self.network_ if network is None else network
+        network.eval()
+        chunks = []
+        for start in range(0, data.shape[0], _INFERENCE_BATCH):
+            x = data[start:start + _INFERENCE_BATCH]
+            means, deviations = network(x)
+            chunks.append(self._costs(network, x, means, deviations).cpu())
+        return torch.cat(chunks).numpy()
+
+    def _validated_tensor(self, X) -> torch.Tensor:
+        check_is_fitted(self)
+        images = validate_images(self, X, image_shape=self.image_shape, reset=False)
+        return torch.from_numpy(images).to(self.device_)
+
+    def _costs_of(self, X) -> np.ndarray:
+        return self._compute_costs(self._validated_tensor(X))
+
+    def predict(self, X):
+        """Assign each sample to the cluster whose aligned prototype fits best.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Index of the cluster each sample belongs to.
+        """
+        return self._costs_of(X).argmin(axis=1)
+
+    def fit_predict(self, X, y=None):
+        """Fit, then return the cluster of every training sample.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Training images.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            Same as ``labels_`` after fit.
+        """
+        return self.fit(X).labels_
+
+    def get_aligned_prototypes(self, X):
+        """Every prototype transformed to fit every sample.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            Samples to align the prototypes to.
+
+        Returns
+        -------
+        aligned : ndarray of shape (n_samples, n_clusters, *image_shape)
+            In the input's layout: ``(n, K, H, W)``, ``(n, K, H, W, C)``, or
+            ``(n, K, d)`` for flattened 2-D input.
+        """
+        data = self._validated_tensor(X)
+        network = self.network_
+        network.eval()
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, data.shape[0], _INFERENCE_BATCH):
+                means, _ = network(data[start:start + _INFERENCE_BATCH])
+                chunks.append(means.cpu().double())
+        aligned = self._layout.to_user(torch.cat(chunks).numpy())
+        if self._layout.flat:
+            aligned = aligned.reshape(aligned.shape[0], aligned.shape[1], -1)
+        return aligned
+
+    def _prototype_images(self) -> np.ndarray:
+        """The fitted prototypes as (K, *image_shape) float64."""
+        raw = self.network_.prototypes.detach().cpu().double().numpy()
+        return self._layout.to_user(raw)
+
+    # ------------------------------------------------------------ estimator
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False
+        return tags
+
+    def __getstate__(self) -> dict:
+        """Pickle with every tensor on the CPU, so any machine can load it."""
+        state = super().__getstate__()
+        network = state.get("network_")
+        if network is not None and next(network.parameters()).device.type != "cpu":
+            state["network_"] = copy.deepcopy(network).to("cpu")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, moving the network back to its device when that exists."""
+        super().__setstate__(state)
+        device = state.get("device_")
+        if device is None or "network_" not in state:
+            return
+        if device.type == "cuda" and not torch.cuda.is_available():
+            warnings.warn(
+                f"{type(self).__name__} was fitted on {device} but CUDA is not available; "
+                "it now runs on the CPU.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.device_ = torch.device("cpu")
+        self.network_ = self.network_.to(self.device_)
+
+
+def _batches(order: torch.Tensor, batch_size: int):
+    """Split a permutation into batches, folding a last batch of one sample."""
+    n = order.shape[0]
+    bounds = list(range(0, n, batch_size)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        bounds.pop(-2)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        yield order[lo:hi]
+
+
+def _user_to_nchw(images: np.ndarray, layout: ImageLayout) -> np.ndarray:
+    """(K, *image_shape) user images to (K, C, H, W) float32."""
+    if len(layout.image_shape) == 2:
+        return np.ascontiguousarray(images[:, None], dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(images, -1, 1), dtype=np.float32)

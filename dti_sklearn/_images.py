@@ -1,0 +1,160 @@
+"""Image array layouts in and out of the estimators.
+
+Accepted inputs (``n`` samples):
+
+* ``(n, H, W)``: grayscale images;
+* ``(n, H, W, C)``: channels-last images;
+* ``(n, d)`` with ``image_shape=(H, W)`` or ``(H, W, C)``: flattened images;
+* ``(n, d)`` without ``image_shape``: ``n`` signals read as ``1 x d``
+  grayscale images, so tabular data still runs (and scikit-learn's checks).
+
+``uint8`` arrays are scaled to ``[0, 1]``; everything else is used as given.
+Internally every batch is a float32 ``(n, C, H, W)`` array, always a fresh
+copy so that the caller's data is never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils.validation import check_array, validate_data
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """How the estimator reads its input and writes images back.
+
+    Attributes
+    ----------
+    image_shape : tuple of int
+        ``(H, W)`` for grayscale or ``(H, W, C)`` for channels-last images.
+    flat : bool
+        Whether the input rows were flattened images (2-D input).
+    """
+
+    image_shape: tuple[int, ...]
+    flat: bool
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels C."""
+        return self.image_shape[2] if len(self.image_shape) == 3 else 1
+
+    @property
+    def n_features(self) -> int:
+        """Number of values per image, ``H * W * C``."""
+        return int(np.prod(self.image_shape))
+
+    def to_user(self, images: np.ndarray) -> np.ndarray:
+        """Turn ``(..., C, H, W)`` arrays back into ``(..., *image_shape)``."""
+        moved = np.moveaxis(images, -3, -1)
+        return moved.reshape(*images.shape[:-3], *self.image_shape)
+
+
+def _check_image_shape(image_shape: object) -> tuple[int, ...]:
+    shape = tuple(image_shape)  # type: ignore[arg-type]
+    if len(shape) not in (2, 3) or not all(
+        isinstance(s, (int, np.integer)) and s >= 1 for s in shape
+    ):
+        raise ValueError(
+            f"image_shape must be (H, W) or (H, W, C) with positive integers, got {image_shape!r}."
+        )
+    return tuple(int(s) for s in shape)
+
+
+def _to_float_nchw(array: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    scale = 1.0 / 255.0 if array.dtype == np.uint8 else None
+    out = np.array(array, dtype=np.float32, copy=True)
+    if scale is not None:
+        out *= scale
+    out = out.reshape(out.shape[0], *image_shape)
+    if len(image_shape) == 2:
+        out = out[:, None]
+    else:
+        out = np.moveaxis(out, -1, 1)
+    return np.ascontiguousarray(out)
+
+
+def validate_images(
+    estimator: object,
+    X: object,
+    *,
+    image_shape: tuple[int, ...] | None,
+    reset: bool,
+) -> np.ndarray:
+    """Validate ``X`` and return a fresh float32 ``(n, C, H, W)`` array.
+
+    On ``reset=True`` (fit) the estimator's ``n_features_in_``,
+    ``image_shape_`` and ``_layout`` are set; otherwise the images must match
+    what the estimator was fitted on.
+
+    Parameters
+    ----------
+    estimator : estimator
+        The estimator being fitted or used.
+    X : array-like
+        The input images in one of the supported layouts.
+    image_shape : tuple of int or None
+        The estimator's ``image_shape`` parameter, used for 2-D input.
+    reset : bool
+        Whether this call is a fit.
+
+    Returns
+    -------
+    ndarray of shape (n, C, H, W), float32
+
+    Raises
+    ------
+    ValueError
+        For NaN or infinite values, a wrong number of dimensions, rows that do
+        not match ``image_shape``, or images whose shape differs from fit.
+    """
+    ndim = getattr(X, "ndim", None)
+    if ndim is None:
+        ndim = np.asarray(X).ndim
+    if ndim <= 2:
+        array = validate_data(estimator, X, reset=reset, dtype=("numeric"))
+        if array.dtype.kind not in "fiu":
+            array = array.astype(np.float64)
+        if reset:
+            if image_shape is None:
+                shape: tuple[int, ...] = (1, array.shape[1])
+            else:
+                shape = _check_image_shape(image_shape)
+                if int(np.prod(shape)) != array.shape[1]:
+                    raise ValueError(
+                        f"X has {array.shape[1]} features per row but image_shape="
+                        f"{shape} needs {int(np.prod(shape))}."
+                    )
+            estimator._layout = ImageLayout(shape, flat=True)  # type: ignore[attr-defined]
+        layout = estimator._layout  # type: ignore[attr-defined]
+        if not layout.flat:
+            raise ValueError(
+                f"X is 2-D but {type(estimator).__name__} was fitted on images of shape "
+                f"{layout.image_shape}; pass images in the same layout."
+            )
+    else:
+        array = check_array(X, allow_nd=True, dtype="numeric", ensure_min_features=1)
+        if array.ndim not in (3, 4):
+            raise ValueError(
+                f"X must be 2-D (n, d), 3-D (n, H, W) or 4-D (n, H, W, C); got {array.ndim} "
+                f"dimensions with shape {array.shape}."
+            )
+        shape = tuple(int(s) for s in array.shape[1:])
+        if reset:
+            estimator._layout = ImageLayout(shape, flat=False)  # type: ignore[attr-defined]
+            estimator.n_features_in_ = int(np.prod(shape))  # type: ignore[attr-defined]
+        layout = estimator._layout  # type: ignore[attr-defined]
+        if layout.flat or layout.image_shape != shape:
+            expected = (
+                f"rows of {layout.n_features} features" if layout.flat
+                else f"images of shape {layout.image_shape}"
+            )
+            raise ValueError(
+                f"X has images of shape {shape}, but {type(estimator).__name__} was "
+                f"fitted on {expected}."
+            )
+    if reset:
+        estimator.image_shape_ = estimator._layout.image_shape  # type: ignore[attr-defined]
+    return _to_float_nchw(array, estimator._layout.image_shape)  # type: ignore[attr-defined]

@@ -1,0 +1,72 @@
+"""When each transformation is switched on, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dti_sklearn.transforms import Identity, Transformation
+
+#: Fraction of the epochs spent with the identity only (plain K-means) under
+#: ``curriculum="auto"``; the paper spends 50 of 300 epochs.
+IDENTITY_PHASE = 0.15
+#: Fraction of the epochs over which the transformations are switched on,
+#: one after the other, under ``curriculum="auto"``.
+RAMP_PHASE = 0.35
+#: Fraction of the epochs, at the end, trained at a tenth of the learning rate.
+DECAY_PHASE = 0.1
+
+
+def curriculum_starts(
+    curriculum: str | Sequence[int],
+    transformations: list[Transformation],
+    max_iter: int,
+) -> list[int]:
+    """Epoch at which each transformation of the sequence is switched on.
+
+    Parameters
+    ----------
+    curriculum : "auto" or sequence of int
+        ``"auto"``: the identity only for the first ``IDENTITY_PHASE`` of the
+        epochs, then the parametric transformations one after the other in the
+        given order, evenly over the next ``RAMP_PHASE``.  A sequence gives
+        the start epoch of every transformation explicitly.
+    transformations : list of Transformation
+        The sequence, in order.
+    max_iter : int
+        Number of epochs.
+
+    Returns
+    -------
+    list of int
+    """
+    if isinstance(curriculum, str):
+        if curriculum != "auto":
+            raise ValueError(
+                f"curriculum must be 'auto' or a sequence of epochs, got {curriculum!r}."
+            )
+        parametric = [i for i, t in enumerate(transformations) if not isinstance(t, Identity)]
+        starts = [0] * len(transformations)
+        for rank, i in enumerate(parametric):
+            fraction = IDENTITY_PHASE + RAMP_PHASE * rank / max(len(parametric), 1)
+            starts[i] = int(round(fraction * max_iter))
+        return starts
+    starts = list(curriculum)
+    if len(starts) != len(transformations) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in starts
+    ):
+        raise ValueError(
+            "curriculum must be 'auto' or one non-negative start epoch per "
+            f"transformation ({len(transformations)}), got {curriculum!r}."
+        )
+    return starts
+
+
+def active_at(starts: list[int], epoch: int) -> list[int]:
+    """Indices of the transformations switched on at ``epoch``."""
+    return [i for i, s in enumerate(starts) if s <= epoch]
+
+
+def learning_rate_at(base: float, epoch: int, max_iter: int) -> float:
+    """Learning rate of ``epoch``: the base rate, a tenth of it at the end."""
+    decay_from = max_iter - int(round(DECAY_PHASE * max_iter))
+    return base * 0.1 if max_iter >= 10 and epoch >= decay_from else base

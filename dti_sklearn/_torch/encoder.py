@@ -1,0 +1,71 @@
+"""A small convolutional encoder sized by the image shape."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    groups = min(8, out_channels)
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(groups, out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    """Map ``(N, C, H, W)`` images to ``(N, n_features)`` feature vectors.
+
+    A stem convolution, then stride-2 stages until the shorter side is at
+    most 8 pixels (none for 8 x 8 images, two for 28 x 28, three for 64 x 64),
+    each doubling the width up to 128, then one more convolution.  The last
+    feature map is average-pooled to at most 4 x 4 cells and *flattened*
+    rather than globally pooled, so the features keep the positions that the
+    transformation heads need to align prototypes.  GroupNorm instead of
+    BatchNorm makes every sample's features independent of the rest of its
+    batch, in training and at prediction alike.
+
+    Parameters
+    ----------
+    n_channels : int
+        Channels of the input images.
+    image_size : tuple of int
+        ``(H, W)`` of the input images.
+    width : int, default=16
+        Channels of the stem; doubled at every stride-2 stage, at most 128.
+    n_features : int, default=128
+        Size of the output feature vector.
+    """
+
+    def __init__(
+        self, n_channels: int, image_size: tuple[int, int], width: int = 16,
+        n_features: int = 128,
+    ) -> None:
+        super().__init__()
+        height, wide = image_size
+        n_down = max(0, math.ceil(math.log2(min(height, wide) / 8))) if min(height, wide) > 8 else 0
+        layers = [_block(n_channels, width, 1)]
+        channels = width
+        for _ in range(n_down):
+            out = min(2 * channels, 128)
+            layers.append(_block(channels, out, 2))
+            channels = out
+            height, wide = (height + 1) // 2, (wide + 1) // 2
+        layers.append(_block(channels, channels, 1))
+        self.features = nn.Sequential(*layers)
+        self.pool_size = (min(height, 4), min(wide, 4))
+        self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
+        self.project = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * self.pool_size[0] * self.pool_size[1], n_features),
+            nn.ReLU(inplace=True),
+        )
+        self.n_features = n_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode a batch of images."""
+        return self.project(self.pool(self.features(images)))

@@ -1,0 +1,202 @@
+"""DTI K-means: K-means in pixel space with prototypes aligned to each sample."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dti_sklearn._base import DEFAULT_TRANSFORMS, BaseDTI
+from dti_sklearn._torch.network import PrototypeNetwork
+
+
+class DTIKMeans(BaseDTI):
+    """Deep Transformation-Invariant K-means.
+
+    Every cluster is a prototype image.  Before a sample is compared to a
+    prototype, a neural network looks at the sample and predicts the
+    parameters of a sequence of transformations (colour, affine,
+    morphological, thin-plate spline, ...) that bend the prototype to fit it.
+    The sample joins the cluster whose transformed prototype is nearest in
+    mean squared pixel error.  Prototypes and predictor are learned jointly by
+    gradient descent (Monnier et al., NeurIPS 2020).  With ``transforms=None``
+    (identity only) this is mini-batch gradient K-means in pixel space.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters (prototypes).
+    transforms : sequence of str or Transformation, or None
+        Default ``("affine", "morphological", "thin_plate_spline")``.
+        The transformations applied to a prototype, in order.  Names: ``"id"``,
+        ``"col"``, ``"aff"``, ``"proj"``, ``"tps"``, ``"mor"`` (or their long
+        forms), or objects from :mod:`dti_sklearn.transforms`, your own
+        included.  ``None`` means the identity only.
+    max_iter : int, default=50
+        Number of epochs (passes over the training set), as in
+        ``MLPClassifier``.
+    batch_size : int, default=64
+        Samples per gradient step.
+    learning_rate : float, default=1e-3
+        Adam's learning rate; a tenth of it for the last 10% of the epochs.
+    n_init : int, default=1
+        Independent runs; the one with the lowest final loss is kept (the
+        paper's "minLoss" protocol).
+    init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
+        Initial prototypes: random training samples, scikit-learn's k-means++
+        seeding, the centres of a scikit-learn ``KMeans`` run, or an array of
+        shape ``(n_clusters, *image_shape)``.
+    curriculum : "auto" or sequence of int, default="auto"
+        When each transformation is switched on.  ``"auto"``: the identity
+        only for the first 15% of the epochs (plain K-means), then the others
+        one after the other in the given order over the next 35%.  A sequence
+        gives one start epoch per transformation.
+    image_shape : tuple of int, default=None
+        ``(H, W)`` or ``(H, W, C)``: how to read 2-D input whose rows are
+        flattened images (channels last).  Without it a 2-D ``(n, d)`` array is
+        read as ``n`` grayscale ``1 x d`` images, so tabular data still runs.
+        3-D ``(n, H, W)`` and 4-D ``(n, H, W, C)`` arrays need no
+        ``image_shape``.
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation, the network and the batch order (through a
+        private generator: the global torch seed is left alone).  The same
+        seed gives the same labels on the CPU.
+    verbose : int, default=0
+        Show a progress bar over epochs with the current loss.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Prototypes as flattened rows (channels last), like ``KMeans``.
+    prototypes_ : ndarray of shape (n_clusters, *image_shape)
+        Prototypes as images.
+    labels_ : ndarray of shape (n_samples,)
+        Cluster of every training sample.
+    inertia_ : float
+        Sum over training samples of the squared distance to the aligned
+        prototype of their cluster.
+    n_iter_ : int
+        Number of epochs run.
+    loss_curve_ : list of float
+        Training loss (mean squared pixel error) of every epoch.
+    transforms_ : list of Transformation
+        The resolved transformation objects.
+    n_features_in_ : int
+        Values per image, ``H * W * C``.
+    image_shape_ : tuple of int
+        Shape of one image as given (``(1, d)`` for tabular input).
+    device_ : torch.device
+        Where the network lives.
+    network_ : torch.nn.Module
+        The fitted prototypes, encoder and heads.
+
+    See Also
+    --------
+    DTIGaussianMixture : The probabilistic counterpart.
+    sklearn.cluster.KMeans : K-means on raw pixels.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from dti_sklearn import DTIKMeans
+    >>> X = load_digits().images[:200] / 16
+    >>> model = DTIKMeans(n_clusters=10, transforms=["aff"], max_iter=2,
+    ...                   random_state=0).fit(X)
+    >>> model.prototypes_.shape
+    (10, 8, 8)
+    >>> model.transform(X[:3]).shape
+    (3, 10)
+    >>> bool((model.predict(X) == model.labels_).all())
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDTI._parameter_constraints,
+        "n_clusters": [BaseDTI._parameter_constraints["max_iter"][0]],
+    }
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        *,
+        transforms=DEFAULT_TRANSFORMS,
+        max_iter: int = 50,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        n_init: int = 1,
+        init="k-means++",
+        curriculum="auto",
+        image_shape=None,
+        device="auto",
+        random_state=None,
+        verbose: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.transforms = transforms
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.n_init = n_init
+        self.init = init
+        self.curriculum = curriculum
+        self.image_shape = image_shape
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def _n_clusters(self) -> int:
+        return self.n_clusters
+
+    def _batch_loss(self, network, x, means, deviations):
+        distances = (x.unsqueeze(1) - means).pow(2).flatten(2).mean(2)  # (B, K)
+        best, assigned = distances.min(dim=1)
+        return best.mean(), assigned
+
+    def _costs(self, network, x, means, deviations):
+        diff = x.unsqueeze(1).double() - means.double()
+        return diff.pow(2).flatten(2).sum(2)
+
+    def _final_loss(self, costs: np.ndarray) -> float:
+        return float(costs.min(axis=1).mean() / self.n_features_in_)
+
+    def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
+        self.labels_ = costs.argmin(axis=1)
+        self.inertia_ = float(costs.min(axis=1).sum())
+        self.prototypes_ = self._prototype_images()
+        self.cluster_centers_ = self.prototypes_.reshape(self.n_clusters, -1)
+
+    def transform(self, X):
+        """Distance of every sample to every prototype aligned to it.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_clusters)
+            Euclidean distances, float64.
+        """
+        return np.sqrt(self._costs_of(X))
+
+    def score(self, X, y=None):
+        """Minus the mean squared distance to the best aligned prototype.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        score : float
+            Higher is better.
+        """
+        return -float(self._costs_of(X).min(axis=1).mean())
+
+
+__all__ = ["DTIKMeans"]

@@ -1,0 +1,326 @@
+"""DTI Gaussian mixture: a diagonal GMM whose components align to each sample."""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import numpy as np
+import torch
+from scipy.special import logsumexp, softmax
+from sklearn.utils._param_validation import Interval
+
+from dti_sklearn._base import DEFAULT_TRANSFORMS, BaseDTI
+from dti_sklearn._torch.network import PrototypeNetwork
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class DTIGaussianMixture(BaseDTI):
+    """Deep Transformation-Invariant Gaussian mixture.
+
+    Each component has a mean image, a per-pixel standard-deviation image and
+    a mixing weight.  For every sample a neural network predicts the
+    transformations that align each component to it; spatial ones (affine,
+    projective, thin-plate spline) warp the mean and the deviation image
+    alike, colour and morphological ones change the mean only.  Training
+    minimises the expected complete-data negative log-likelihood with
+    responsibilities computed from the current parameters and not
+    back-propagated through: an EM step written as a gradient step
+    (Monnier et al., NeurIPS 2020).
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components.
+    transforms : sequence of str or Transformation, or None
+        Default ``("affine", "morphological", "thin_plate_spline")``.
+        The transformations applied to a component, in order (see
+        :class:`DTIKMeans`).
+    max_iter : int, default=50
+        Number of epochs.
+    batch_size : int, default=64
+        Samples per gradient step.
+    learning_rate : float, default=1e-3
+        Adam's learning rate; a tenth of it for the last 10% of the epochs.
+    n_init : int, default=1
+        Independent runs; the one with the lowest final loss (highest
+        likelihood) is kept.
+    init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
+        Initial means (see :class:`DTIKMeans`).
+    curriculum : "auto" or sequence of int, default="auto"
+        When each transformation is switched on (see :class:`DTIKMeans`).
+    image_shape : tuple of int, default=None
+        How to read 2-D input (see :class:`DTIKMeans`).
+    var_min : float, default=0.0625
+        Variance floor added to every squared deviation (the paper's
+        ``0.25**2``), which keeps the likelihood bounded.
+    init_std : float, default=0.1
+        Initial per-pixel standard deviation (before the floor).
+    device : str or torch.device, default="auto"
+        ``"auto"`` uses CUDA when available, else the CPU.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation, the network and the batch order.
+    verbose : int, default=0
+        Show a progress bar over epochs with the current loss.
+
+    Attributes
+    ----------
+    means_ : ndarray of shape (n_components, n_features)
+        Component means as flattened rows (channels last).
+    prototypes_ : ndarray of shape (n_components, *image_shape)
+        Component means as images.
+    variances_ : ndarray of shape (n_components, *image_shape)
+        Diagonal covariances (squared deviation plus ``var_min``) as images.
+    weights_ : ndarray of shape (n_components,)
+        Mixing weights.
+    labels_ : ndarray of shape (n_samples,)
+        Most responsible component of every training sample.
+    lower_bound_ : float
+        Mean log-likelihood of the training data under the fitted model.
+    converged_ : bool
+        Whether the last epoch changed the training loss by less than 0.1%
+        of its value.
+    n_iter_ : int
+        Number of epochs run.
+    loss_curve_ : list of float
+        Training loss of every epoch: the expected negative log-likelihood
+        per sample divided by the number of values per image.
+    transforms_ : list of Transformation
+        The resolved transformation objects.
+    n_features_in_ : int
+        Values per image, ``H * W * C``.
+    image_shape_ : tuple of int
+        Shape of one image as given.
+    device_ : torch.device
+        Where the network lives.
+    network_ : torch.nn.Module
+        The fitted components, encoder and heads.
+
+    See Also
+    --------
+    DTIKMeans : The hard-assignment counterpart.
+    sklearn.mixture.GaussianMixture : A Gaussian mixture on raw pixels.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from dti_sklearn import DTIGaussianMixture
+    >>> X = load_digits().images[:200] / 16
+    >>> gmm = DTIGaussianMixture(n_components=10, transforms=["aff"], max_iter=2,
+    ...                          random_state=0).fit(X)
+    >>> gmm.predict_proba(X[:3]).shape
+    (3, 10)
+    >>> bool(abs(gmm.predict_proba(X[:3]).sum(axis=1) - 1).max() < 1e-6)
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **BaseDTI._parameter_constraints,
+        "n_components": [BaseDTI._parameter_constraints["max_iter"][0]],
+        "var_min": [Interval(Real, 0, None, closed="neither")],
+        "init_std": [Interval(Real, 0, None, closed="neither")],
+    }
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        transforms=DEFAULT_TRANSFORMS,
+        max_iter: int = 50,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        n_init: int = 1,
+        init="k-means++",
+        curriculum="auto",
+        image_shape=None,
+        var_min: float = 0.25**2,
+        init_std: float = 0.1,
+        device="auto",
+        random_state=None,
+        verbose: int = 0,
+    ) -> None:
+        self.n_components = n_components
+        self.transforms = transforms
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.n_init = n_init
+        self.init = init
+        self.curriculum = curriculum
+        self.image_shape = image_shape
+        self.var_min = var_min
+        self.init_std = init_std
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @property
+    def _n_clusters(self) -> int:
+        return self.n_components
+
+    # ----------------------------------------------------------------- hooks
+    def _network_kwargs(self, data, centres):
+        log_std = torch.full_like(centres, math.log(self.init_std))
+        return {"log_deviations": log_std, "mixing_logits": True}
+
+    def _log_joint(self, network, x, means, deviations) -> torch.Tensor:
+        """(B, K) ``log pi_k + log N(x | aligned mean_k, aligned variance_k)``."""
+        variances = deviations.pow(2) + self.var_min
+        sq = (x.unsqueeze(1) - means).pow(2) / variances
+        log_density = -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2)
+        return torch.log_softmax(network.mixing_logits, dim=0) + log_density
+
+    def _batch_loss(self, network, x, means, deviations):
+        log_joint = self._log_joint(network, x, means, deviations)
+        responsibilities = torch.softmax(log_joint.detach(), dim=1)
+        n_values = log_joint.new_tensor(float(x[0].numel()))
+        loss = -(responsibilities * log_joint).sum(1).mean() / n_values
+        return loss, log_joint.detach().argmax(dim=1)
+
+    def _costs(self, network, x, means, deviations):
+        return -self._log_joint(network, x.double(), means.double(), deviations.double())
+
+    def _final_loss(self, costs: np.ndarray) -> float:
+        return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
+
+    def _after_reassignment(self, network: PrototypeNetwork, small, largest) -> None:
+        # The largest component's weight is shared with its copies.
+        share = math.log(1 + len(small))
+        with torch.no_grad():
+            network.mixing_logits[small] -= share
+            network.mixing_logits[largest] -= share
+
+    def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
+        k = self.n_components
+        self.labels_ = costs.argmin(axis=1)
+        self.lower_bound_ = float(logsumexp(-costs, axis=1).mean())
+        self.prototypes_ = self._prototype_images()
+        self.means_ = self.prototypes_.reshape(k, -1)
+        std = network.log_deviations.detach().cpu().double().exp().numpy()
+        self.variances_ = self._layout.to_user(std**2 + self.var_min)
+        logits = network.mixing_logits.detach().cpu().double().numpy()
+        self.weights_ = softmax(logits)
+        curve = self.loss_curve_
+        self.converged_ = bool(
+            len(curve) >= 2 and abs(curve[-1] - curve[-2]) <= 1e-3 * abs(curve[-2])
+        )
+
+    # -------------------------------------------------------------- public
+    def predict_proba(self, X):
+        """Responsibility of every component for every sample.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+
+        Returns
+        -------
+        proba : ndarray of shape (n_samples, n_components)
+            Rows sum to 1.
+        """
+        return softmax(-self._costs_of(X), axis=1)
+
+    def score_samples(self, X):
+        """Log of the mixture density of every sample.
+
+        Every component is aligned to the sample before its density is
+        evaluated; the mixture density sums over components in log space.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+
+        Returns
+        -------
+        log_density : ndarray of shape (n_samples,)
+        """
+        return logsumexp(-self._costs_of(X), axis=1)
+
+    def score(self, X, y=None):
+        """Mean log-likelihood of the samples (higher is better).
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+        y : Ignored
+            Not used, present for API consistency.
+
+        Returns
+        -------
+        log_likelihood : float
+        """
+        return float(self.score_samples(X).mean())
+
+    def transform(self, X):
+        """Negative log-likelihood of every sample under every aligned component.
+
+        The mixture's analogue of a distance: the mixing weight is left out.
+
+        Parameters
+        ----------
+        X : array-like of images, in the layout used for fit
+            New samples.
+
+        Returns
+        -------
+        nll : ndarray of shape (n_samples, n_components)
+        """
+        return self._costs_of(X) + np.log(self.weights_)
+
+    def _n_parameters(self) -> int:
+        """Number of free parameters counted by :meth:`bic` and :meth:`aic`."""
+        network = self.network_
+        per_image = 2 * self.n_components * self.n_features_in_
+        predictor = sum(
+            p.numel() for p in list(network.encoder.parameters())
+            + list(network.heads.parameters())
+        )
+        return per_image + self.n_components - 1 + predictor
+
+    def bic(self, X):
+        """Bayesian information criterion of the model on ``X`` (lower is better).
+
+        Free parameters: the means and deviation images, ``n_components - 1``
+        mixing weights, and every weight of the encoder and heads that predict
+        the transformations.  The network's weights are fitted to the data
+        like the images are, so they count; a longer transformation sequence
+        adds heads and is penalised for it.  The count overstates the
+        effective degrees of freedom of a neural network, so read the
+        criterion as a comparison between sequences, not as an exact
+        posterior approximation.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Samples to evaluate on.
+
+        Returns
+        -------
+        bic : float
+        """
+        log_likelihood = self.score_samples(X)
+        n = len(log_likelihood)
+        return -2 * log_likelihood.sum() + self._n_parameters() * math.log(n)
+
+    def aic(self, X):
+        """Akaike information criterion of the model on ``X`` (lower is better).
+
+        Parameters are counted as in :meth:`bic`.
+
+        Parameters
+        ----------
+        X : array-like of images
+            Samples to evaluate on.
+
+        Returns
+        -------
+        aic : float
+        """
+        return -2 * self.score_samples(X).sum() + 2 * self._n_parameters()
+
+
+__all__ = ["DTIGaussianMixture"]

@@ -1,0 +1,200 @@
+"""The :class:`Transformation` base class and the registry of short names.
+
+Shape convention (as in every module of this package): images are float
+tensors of shape ``(N, C, H, W)`` and a transformation receives one parameter
+vector per image, a tensor of shape ``(N, P)``.  Parameters equal to
+:meth:`Transformation.identity_parameters` (zeros for every built-in family)
+must leave the images unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import torch
+from sklearn.base import BaseEstimator, clone
+
+_REGISTRY: dict[str, type[Transformation]] = {}
+
+
+class Transformation(BaseEstimator):
+    """Base class of the parametric transformations applied to prototypes.
+
+    A transformation is a small configuration object (scikit-learn style:
+    ``get_params``, ``set_params``, ``clone`` and a readable ``repr`` come from
+    :class:`~sklearn.base.BaseEstimator`).  It holds no tensors: the neural
+    network of the estimator predicts its parameters for every (sample,
+    prototype) pair and calls :meth:`apply`.
+
+    To write your own, subclass it and define three things:
+
+    * :meth:`n_parameters` -- how many parameters one image needs;
+    * :meth:`identity_parameters` -- the parameter vector that leaves an image
+      unchanged (zeros by default; the network's heads start at exactly this
+      value, so training starts from the identity);
+    * :meth:`apply` -- the differentiable operation on a batch of images.
+
+    Set the class attribute ``spatial = True`` when the transformation moves
+    pixels (a warp): :class:`~dti_sklearn.DTIGaussianMixture` then applies it
+    to the per-pixel deviation images too, and not only to the means.  Give the
+    class a ``name`` (and optional ``aliases``) to make it selectable by a
+    string in the ``transforms`` parameter of the estimators.
+
+    Examples
+    --------
+    A translation-only transformation, two parameters per image:
+
+    >>> import torch
+    >>> import torch.nn.functional as F
+    >>> from dti_sklearn.transforms import Transformation
+    >>> class Translation(Transformation):
+    ...     spatial = True
+    ...
+    ...     def n_parameters(self, n_channels):
+    ...         return 2
+    ...
+    ...     def apply(self, images, params):
+    ...         n = images.shape[0]
+    ...         theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=images.device)
+    ...         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    ...         theta[:, :, 2] = params
+    ...         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    ...         return F.grid_sample(images, grid, padding_mode="border",
+    ...                              align_corners=False)
+    >>> images = torch.rand(4, 1, 8, 8)
+    >>> t = Translation()
+    >>> out = t.apply(images, t.identity_parameters(1).expand(4, -1))
+    >>> bool(torch.allclose(out, images, atol=1e-6))
+    True
+    """
+
+    #: Short name used to select the transformation by a string.
+    name: ClassVar[str | None] = None
+    #: Other accepted names.
+    aliases: ClassVar[tuple[str, ...]] = ()
+    #: Whether the transformation moves pixels (applied to deviations too).
+    spatial: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            for key in (cls.name, *cls.aliases):
+                _REGISTRY[key] = cls
+
+    def n_parameters(self, n_channels: int) -> int:
+        """Number of parameters needed to transform one image.
+
+        Parameters
+        ----------
+        n_channels : int
+            Number of channels of the images.
+
+        Returns
+        -------
+        int
+        """
+        raise NotImplementedError
+
+    def identity_parameters(self, n_channels: int) -> torch.Tensor:
+        """Parameter vector for which :meth:`apply` is the identity.
+
+        Parameters
+        ----------
+        n_channels : int
+            Number of channels of the images.
+
+        Returns
+        -------
+        torch.Tensor of shape (P,)
+            Zeros unless a subclass says otherwise.
+        """
+        return torch.zeros(self.n_parameters(n_channels))
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Transform a batch of images.
+
+        Parameters
+        ----------
+        images : torch.Tensor of shape (N, C, H, W)
+        params : torch.Tensor of shape (N, P)
+
+        Returns
+        -------
+        torch.Tensor of shape (N, C, H, W)
+        """
+        raise NotImplementedError
+
+
+def available_transformations() -> list[str]:
+    """Names accepted in the ``transforms`` parameter of the estimators.
+
+    Returns
+    -------
+    list of str
+        Sorted short and long names of the registered transformations.
+    """
+    return sorted(_REGISTRY)
+
+
+def make_transformation(spec: str | Transformation) -> Transformation:
+    """Turn a name or a transformation object into a fresh object.
+
+    Parameters
+    ----------
+    spec : str or Transformation
+        A registered name (see :func:`available_transformations`) or an
+        object, which is cloned so the caller's object is never modified.
+
+    Returns
+    -------
+    Transformation
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or an object of the wrong type; the message lists
+        the valid names.
+    """
+    if isinstance(spec, Transformation):
+        return clone(spec)
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key in _REGISTRY:
+            return _REGISTRY[key]()
+        raise ValueError(
+            f"Unknown transformation {spec!r}. Valid names are: "
+            f"{', '.join(available_transformations())}; or pass a "
+            "dti_sklearn.transforms.Transformation object."
+        )
+    raise ValueError(
+        "Each element of transforms must be a transformation name or a "
+        f"dti_sklearn.transforms.Transformation object, got {type(spec).__name__}."
+    )
+
+
+def make_transformations(
+    specs: str | Transformation | Iterable[str | Transformation] | None,
+) -> list[Transformation]:
+    """Resolve the ``transforms`` parameter of an estimator.
+
+    Parameters
+    ----------
+    specs : str, Transformation, sequence of those, or None
+        None or an empty sequence means the identity only (plain K-means).
+
+    Returns
+    -------
+    list of Transformation
+        Fresh objects, in the order they are applied to a prototype.
+    """
+    if specs is None:
+        return [_REGISTRY["identity"]()]
+    if isinstance(specs, (str, Transformation)):
+        specs = [specs]
+    if not isinstance(specs, (Sequence, Iterable)):
+        raise ValueError(
+            f"transforms must be a sequence of names or objects, got {specs!r}."
+        )
+    out = [make_transformation(s) for s in specs]
+    return out or [_REGISTRY["identity"]()]

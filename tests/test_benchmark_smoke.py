@@ -1,0 +1,136 @@
+"""Smoke tests of benchmarks/bench_mnist.py (the plumbing, not the numbers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
+HAVE_MNIST = (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file() and (
+    MNIST_DIR / "t10k-labels-idx1-ubyte.gz"
+).is_file()
+needs_mnist = pytest.mark.skipif(
+    not HAVE_MNIST,
+    reason=f"MNIST test set not found in {MNIST_DIR} (not shipped with the repo)",
+)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark script, imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_mnist", REPO_ROOT / "benchmarks" / "bench_mnist.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_mnist
+def test_smoke_baselines(bench, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    results = bench.main(
+        [
+            "--smoke",
+            "--data",
+            str(MNIST_DIR),
+            "--models",
+            "kmeans",
+            "gmm",
+            "--json",
+            str(out),
+        ]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    records = results["records"]
+    assert [(r["dataset"], r["model"]) for r in records] == [
+        ("mnist", "kmeans"),
+        ("mnist", "gmm"),
+        ("mnist-color", "kmeans"),
+        ("mnist-color", "gmm"),
+    ]
+    for rec in records:
+        assert "error" not in rec, rec.get("error")
+        assert rec["n_samples"] == 300 and rec["seed"] == 0
+        # Pixel K-means/GMM reach about 0.55 on grey MNIST; colours defeat them (paper: 0.105).
+        assert (0.4 if rec["dataset"] == "mnist" else 0.1) < rec["acc"] <= 1.0
+        assert 0.0 < rec["nmi"] <= 1.0
+        assert rec["fit_time_s"] > 0 and rec["predict_time_s"] > 0
+        assert rec["images_per_s"] is None  # only reported for DTI models
+        assert rec["peak_rss_mb"] >= rec["peak_rss_before_fit_mb"] > 10
+    kmeans = [r for r in records if r["model"] == "kmeans"]
+    assert all(r["final_loss"] > 0 for r in kmeans)  # inertia
+    summary = results["summary"]
+    assert len(summary) == 4
+    assert all(row["n_runs"] == 1 and row["n_failed"] == 0 for row in summary)
+    printed = capsys.readouterr().out
+    assert "== mnist ==" in printed and "== mnist-color ==" in printed
+
+
+def test_single_run_with_stand_in_dti_model(bench, monkeypatch, tmp_path):
+    """run_single's DTI branch, with a stand-in estimator (no MNIST, no torch model)."""
+
+    class StandIn:
+        def fit(self, X):
+            assert X.shape == (12, 4, 4)  # DTI models get images, not flattened rows
+            self.loss_curve_ = [3.0, 2.0, 0.5]
+            self.n_iter_ = 3
+            return self
+
+        def predict(self, X):
+            return np.arange(X.shape[0]) % 2
+
+    def fake_load(name, data, n_samples):
+        return np.zeros((n_samples, 4, 4), np.float32), np.arange(n_samples) % 2
+
+    monkeypatch.setattr(bench, "load_dataset", fake_load)
+    monkeypatch.setattr(bench, "make_model", lambda *args, **kwargs: StandIn())
+    rec = bench.run_single(
+        {
+            "dataset": "mnist",
+            "model": "dtikmeans",
+            "seed": 0,
+            "data": None,
+            "n_samples": 12,
+        }
+    )
+    assert rec["final_loss"] == 0.5
+    assert rec["acc"] == 1.0
+    assert rec["n_iter"] == 3
+    assert rec["images_per_s"] == pytest.approx(12 * 3 / rec["fit_time_s"])
+
+
+def test_color_transform_prepended_once(bench):
+    assert bench._with_color(("aff", "mor")) == ("color", "aff", "mor")
+    assert bench._with_color(["col", "aff"]) == ("col", "aff")
+    assert bench._with_color(None) == ("color",)
+    assert bench._with_color("tps") == ("color", "tps")
+
+
+def test_summary_min_loss_and_failures(bench):
+    base = {
+        "dataset": "mnist",
+        "model": "dtikmeans",
+        "nmi": 0.5,
+        "fit_time_s": 1.0,
+        "images_per_s": 10.0,
+        "predict_time_s": 0.1,
+        "peak_rss_mb": 100.0,
+    }
+    records = [
+        {**base, "seed": 0, "acc": 0.9, "final_loss": 2.0},
+        {**base, "seed": 1, "acc": 0.7, "final_loss": 1.0},
+        {"dataset": "mnist", "model": "dtikmeans", "seed": 2, "error": "boom"},
+    ]
+    (row,) = bench.summarize(records)
+    assert row["n_runs"] == 2 and row["n_failed"] == 1
+    assert row["acc_mean"] == pytest.approx(0.8)
+    assert row["acc_std"] == pytest.approx(0.1)
+    assert row["minloss_seed"] == 1 and row["minloss_acc"] == 0.7
+    table = bench.format_table([row], "mnist")
+    assert "80.0±10.0" in table and "2+1F" in table
