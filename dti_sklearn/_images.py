@@ -64,10 +64,9 @@ def _check_image_shape(image_shape: object) -> tuple[int, ...]:
 
 
 def _to_float_nchw(array: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-    scale = 1.0 / 255.0 if array.dtype == np.uint8 else None
     out = np.array(array, dtype=np.float32, copy=True)
-    if scale is not None:
-        out *= scale
+    if array.dtype == np.uint8:
+        out /= 255
     out = out.reshape(out.shape[0], *image_shape)
     if len(image_shape) == 2:
         out = out[:, None]

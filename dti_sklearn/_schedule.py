@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 
 from dti_sklearn.transforms import Identity, Transformation
 
@@ -27,9 +28,10 @@ def curriculum_starts(
     ----------
     curriculum : "auto" or sequence of int
         ``"auto"``: the identity only for the first ``IDENTITY_PHASE`` of the
-        epochs, then the parametric transformations one after the other in the
-        given order, evenly over the next ``RAMP_PHASE``.  A sequence gives
-        the start epoch of every transformation explicitly.
+        epochs, then the parametric transformations one after the other,
+        simplest first (by their ``curriculum_rank``, ties in the given
+        order), evenly over the next ``RAMP_PHASE``.  A sequence gives the
+        start epoch of every transformation explicitly.
     transformations : list of Transformation
         The sequence, in order.
     max_iter : int
@@ -44,7 +46,10 @@ def curriculum_starts(
             raise ValueError(
                 f"curriculum must be 'auto' or a sequence of epochs, got {curriculum!r}."
             )
-        parametric = [i for i, t in enumerate(transformations) if not isinstance(t, Identity)]
+        parametric = sorted(
+            (i for i, t in enumerate(transformations) if not isinstance(t, Identity)),
+            key=lambda i: (transformations[i].curriculum_rank, i),
+        )
         starts = [0] * len(transformations)
         for rank, i in enumerate(parametric):
             fraction = IDENTITY_PHASE + RAMP_PHASE * rank / max(len(parametric), 1)
@@ -52,13 +57,13 @@ def curriculum_starts(
         return starts
     starts = list(curriculum)
     if len(starts) != len(transformations) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in starts
+        isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in starts
     ):
         raise ValueError(
             "curriculum must be 'auto' or one non-negative start epoch per "
             f"transformation ({len(transformations)}), got {curriculum!r}."
         )
-    return starts
+    return [int(s) for s in starts]
 
 
 def active_at(starts: list[int], epoch: int) -> list[int]:

@@ -34,7 +34,7 @@ class DTIGaussianMixture(BaseDTI):
     n_components : int, default=1
         Number of mixture components.
     transforms : sequence of str or Transformation, or None
-        Default ``("affine", "morphological", "thin_plate_spline")``.
+        Default ``("affine", "thin_plate_spline", "morphological")``.
         The transformations applied to a component, in order (see
         :class:`DTIKMeans`).
     max_iter : int, default=50
@@ -155,6 +155,9 @@ class DTIGaussianMixture(BaseDTI):
         self.random_state = random_state
         self.verbose = verbose
 
+    #: Components per sample whose densities are back-propagated through.
+    gradient_components = 2
+
     @property
     def _n_clusters(self) -> int:
         return self.n_components
@@ -164,19 +167,41 @@ class DTIGaussianMixture(BaseDTI):
         log_std = torch.full_like(centres, math.log(self.init_std))
         return {"log_deviations": log_std, "mixing_logits": True}
 
-    def _log_joint(self, network, x, means, deviations) -> torch.Tensor:
-        """(B, K) ``log pi_k + log N(x | aligned mean_k, aligned variance_k)``."""
+    def _log_density(self, x, means, deviations) -> torch.Tensor:
+        """(B, R) ``log N(x | aligned mean, aligned variance)`` per component."""
         variances = deviations.pow(2) + self.var_min
         sq = (x.unsqueeze(1) - means).pow(2) / variances
-        log_density = -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2)
-        return torch.log_softmax(network.mixing_logits, dim=0) + log_density
+        return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2)
 
-    def _batch_loss(self, network, x, means, deviations):
-        log_joint = self._log_joint(network, x, means, deviations)
-        responsibilities = torch.softmax(log_joint.detach(), dim=1)
-        n_values = log_joint.new_tensor(float(x[0].numel()))
-        loss = -(responsibilities * log_joint).sum(1).mean() / n_values
-        return loss, log_joint.detach().argmax(dim=1)
+    def _log_joint(self, network, x, means, deviations) -> torch.Tensor:
+        """(B, K) ``log pi_k + log N(x | aligned mean_k, aligned variance_k)``."""
+        log_weights = torch.log_softmax(network.mixing_logits.to(x.dtype), dim=0)
+        return log_weights + self._log_density(x, means, deviations)
+
+    def _batch_loss(self, network, x, active):
+        # All B x K pairs are aligned without gradient to get the
+        # responsibilities and the exact loss; the densities are then
+        # recomputed with gradient for the `gradient_components` most
+        # responsible components of each sample only.  The others carry
+        # responsibilities that are vanishingly small on images (a density
+        # over hundreds of pixels is sharply peaked), so the gradient is the
+        # EM gradient up to those terms, for a fraction of the work.
+        batch, n_values = x.shape[0], float(x[0].numel())
+        params = network.predict_parameters(x, active)
+        log_weights = torch.log_softmax(network.mixing_logits, dim=0)
+        with torch.no_grad():
+            means, deviations = network.align([p.detach() for p in params], batch, active)
+            log_joint = log_weights + self._log_density(x, means, deviations)
+            responsibilities = torch.softmax(log_joint, dim=1)
+            exact = -(responsibilities * log_joint).sum(1).mean() / n_values
+        top = responsibilities.topk(min(self.gradient_components, means.shape[1]), dim=1)
+        means, deviations = network.align(params, batch, active, clusters=top.indices)
+        partial = -(
+            (responsibilities * log_weights).sum(1)
+            + (top.values * self._log_density(x, means, deviations)).sum(1)
+        ).mean() / n_values
+        loss = partial + (exact - partial).detach()  # exact value, truncated gradient
+        return loss, top.indices[:, 0]
 
     def _costs(self, network, x, means, deviations):
         return -self._log_joint(network, x.double(), means.double(), deviations.double())
@@ -275,19 +300,27 @@ class DTIGaussianMixture(BaseDTI):
         """Number of free parameters counted by :meth:`bic` and :meth:`aic`."""
         network = self.network_
         per_image = 2 * self.n_components * self.n_features_in_
-        predictor = sum(
-            p.numel() for p in list(network.encoder.parameters())
-            + list(network.heads.parameters())
-        )
+        used = network._parametric  # transformations that have parameters
+        predictor = 0
+        if used:
+            heads = network.heads
+            predictor = sum(p.numel() for p in network.encoder.parameters())
+            predictor += sum(
+                heads.hidden_weight[:, m].numel() + heads.hidden_bias[:, m].numel()
+                + heads.out_weight[m].numel() + heads.out_bias[m].numel()
+                for m in used
+            )
         return per_image + self.n_components - 1 + predictor
 
     def bic(self, X):
         """Bayesian information criterion of the model on ``X`` (lower is better).
 
         Free parameters: the means and deviation images, ``n_components - 1``
-        mixing weights, and every weight of the encoder and heads that predict
-        the transformations.  The network's weights are fitted to the data
-        like the images are, so they count; a longer transformation sequence
+        mixing weights, and every weight of the encoder and of the heads of
+        the transformations that have parameters (none with the identity
+        alone, which makes the count that of a diagonal Gaussian mixture).
+        The network's weights are fitted to the data like the images are, so
+        they count; a longer transformation sequence
         adds heads and is penalised for it.  The count overstates the
         effective degrees of freedom of a neural network, so read the
         criterion as a comparison between sequences, not as an exact

@@ -8,6 +8,7 @@ from torch import nn
 from dti_sklearn._torch.encoder import Encoder
 from dti_sklearn._torch.heads import PrototypeHeads
 from dti_sklearn.transforms import Transformation
+from dti_sklearn.transforms.spatial import apply_warps, composable
 
 
 class PrototypeNetwork(nn.Module):
@@ -78,6 +79,116 @@ class PrototypeNetwork(nn.Module):
         params += [p for p in (self.log_deviations, self.mixing_logits) if p is not None]
         return params
 
+    @staticmethod
+    def _runs(transformations: list[Transformation], betas: list[torch.Tensor]):
+        """Group consecutive composable warps; yield (transformations, parameters)."""
+        start = 0
+        for i in range(1, len(transformations) + 1):
+            if i == len(transformations) or not composable(
+                transformations[i - 1], transformations[i]
+            ):
+                yield transformations[start:i], betas[start:i]
+                start = i
+
+    @staticmethod
+    def _apply_run(
+        images: torch.Tensor, run: list[Transformation], betas: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Apply one transformation, or consecutive warps through one grid."""
+        if len(run) > 1:
+            return apply_warps(images, run, betas)
+        return run[0].apply(images, betas[0])
+
+    def _active(self, active: list[int] | None) -> list[int]:
+        """The switched-on transformations that have parameters."""
+        if active is None:
+            active = list(range(len(self.transformations)))
+        return [m for m in active if m in self._parametric]
+
+    def predict_parameters(
+        self, images: torch.Tensor, active: list[int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Parameters of every active transformation for every (sample, prototype).
+
+        Parameters
+        ----------
+        images : torch.Tensor of shape (B, C, H, W)
+        active : list of int, optional
+            Indices of the transformations switched on (all by default).
+
+        Returns
+        -------
+        list of torch.Tensor of shape (B, K, P_m)
+            Identity value plus the heads' output, one per active parametric
+            transformation.
+        """
+        active = self._active(active)
+        if not active:
+            return []
+        params = self.heads(self.encoder(images), active)
+        return [beta + getattr(self, f"identity_{m}") for m, beta in zip(active, params)]
+
+    def align(
+        self,
+        params: list[torch.Tensor],
+        batch: int,
+        active: list[int] | None = None,
+        clusters: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Transform prototypes with predicted parameters.
+
+        Parameters
+        ----------
+        params : list of torch.Tensor of shape (B, K, P_m)
+            From :meth:`predict_parameters` with the same ``active``.
+        batch : int
+            B, the number of samples.
+        active : list of int, optional
+            Indices of the transformations switched on (all by default).
+        clusters : torch.Tensor of shape (B, R), optional
+            Align only prototypes ``clusters[b]`` to sample ``b`` (K = R in
+            the output).  DTI K-means back-propagates through the nearest
+            prototype only, so its training step aligns all ``B x K`` pairs
+            without gradient and then only these ``B`` with gradient.
+
+        Returns
+        -------
+        means : torch.Tensor of shape (B, K, C, H, W)
+            Aligned prototypes (a broadcast view when nothing is active).
+        deviations : torch.Tensor of shape (B, K, C, H, W) or None
+            Aligned standard deviations, when the network holds them.
+        """
+        active = self._active(active)
+        k, c, height, width = self.prototypes.shape
+        means = self.prototypes
+        stds = None if self.log_deviations is None else self.log_deviations.exp()
+        if clusters is not None:
+            k = clusters.shape[1]
+            means = means[clusters]
+            stds = None if stds is None else stds[clusters]
+            index = clusters.unsqueeze(2)
+            params = [p.gather(1, index.expand(batch, k, p.shape[2])) for p in params]
+        else:
+            means = means.unsqueeze(0)
+            stds = None if stds is None else stds.unsqueeze(0)
+        means = means.expand(batch, k, c, height, width)
+        stds = None if stds is None else stds.expand(batch, k, c, height, width)
+        if not active:
+            return means, stds
+
+        means = means.reshape(batch * k, c, height, width)
+        stds = None if stds is None else stds.reshape(batch * k, c, height, width)
+        betas = [beta.reshape(batch * k, -1) for beta in params]
+        for run, run_betas in self._runs([self.transformations[m] for m in active], betas):
+            if run[0].spatial and stds is not None:
+                both = self._apply_run(torch.cat([means, stds], dim=1), run, run_betas)
+                means, stds = both[:, :c], both[:, c:]
+            else:
+                means = self._apply_run(means, run, run_betas)
+        means = means.view(batch, k, c, height, width)
+        stds = None if stds is None else stds.view(batch, k, c, height, width)
+        return means, stds
+
     def forward(
         self, images: torch.Tensor, active: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,37 +202,7 @@ class PrototypeNetwork(nn.Module):
 
         Returns
         -------
-        means : torch.Tensor of shape (B, K, C, H, W)
-            Aligned prototypes (a broadcast view when nothing is active).
-        deviations : torch.Tensor of shape (B, K, C, H, W) or None
-            Aligned standard deviations, when the network holds them.
+        means, deviations : see :meth:`align`.
         """
-        batch = images.shape[0]
-        k, c, height, width = self.prototypes.shape
-        if active is None:
-            active = list(range(len(self.transformations)))
-        active = [m for m in active if m in self._parametric]
-        means = self.prototypes.unsqueeze(0).expand(batch, k, c, height, width)
-        stds = None if self.log_deviations is None else self.log_deviations.exp()
-        if not active:
-            if stds is not None:
-                stds = stds.unsqueeze(0).expand(batch, k, c, height, width)
-            return means, stds
-
-        params = self.heads(self.encoder(images), active)
-        means = means.reshape(batch * k, c, height, width)
-        if stds is not None:
-            stds = stds.unsqueeze(0).expand(batch, k, c, height, width)
-            stds = stds.reshape(batch * k, c, height, width)
-        for m, beta in zip(active, params):
-            transformation = self.transformations[m]
-            beta = beta.reshape(batch * k, -1) + getattr(self, f"identity_{m}")
-            if transformation.spatial and stds is not None:
-                both = transformation.apply(torch.cat([means, stds], dim=1), beta)
-                means, stds = both[:, :c], both[:, c:]
-            else:
-                means = transformation.apply(means, beta)
-        means = means.view(batch, k, c, height, width)
-        if stds is not None:
-            stds = stds.view(batch, k, c, height, width)
-        return means, stds
+        params = self.predict_parameters(images, active)
+        return self.align(params, images.shape[0], active)

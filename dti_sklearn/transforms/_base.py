@@ -75,6 +75,10 @@ class Transformation(BaseEstimator):
     aliases: ClassVar[tuple[str, ...]] = ()
     #: Whether the transformation moves pixels (applied to deviations too).
     spatial: ClassVar[bool] = False
+    #: Position in the automatic curriculum: lower ranks are switched on
+    #: first (colour 0, affine 1, projective 2, morphological 3, thin-plate
+    #: spline 4; your own come last unless you set it).
+    curriculum_rank: ClassVar[float] = 10.0
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

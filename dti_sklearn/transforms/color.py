@@ -25,6 +25,7 @@ class Color(Transformation):
 
     name = "color"
     aliases = ("col", "colour")
+    curriculum_rank = 0
 
     def n_parameters(self, n_channels: int) -> int:
         """Return ``2 * n_channels``."""

@@ -24,6 +24,7 @@ class Identity(Transformation):
 
     name = "identity"
     aliases = ("id",)
+    curriculum_rank = 0
 
     def n_parameters(self, n_channels: int) -> int:
         """Return 0: the identity has no parameters."""

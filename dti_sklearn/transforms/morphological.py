@@ -44,6 +44,7 @@ class Morphological(Transformation):
 
     name = "morphological"
     aliases = ("mor", "morpho", "morphology")
+    curriculum_rank = 3
 
     def __init__(self, kernel_size: int = 7) -> None:
         self.kernel_size = kernel_size
@@ -65,7 +66,9 @@ class Morphological(Transformation):
         weights = (params[:, 1:] + delta).clamp(min=0).view(n, 1, 1, k, k)
 
         logits = sharpness * images
-        logits = logits - logits.amax(dim=(1, 2, 3), keepdim=True).detach()
+        # A constant shift per (image, channel) cancels in the ratio and keeps
+        # the exponentials in range.
+        logits = logits - logits.amax(dim=(2, 3), keepdim=True).detach()
         expo = logits.exp()
         stacked = torch.stack([images * expo, expo], dim=1)  # (N, 2, C, H, W)
         kernels = weights.expand(n, 2, c, k, k).reshape(n * 2 * c, k, k)
@@ -73,4 +76,4 @@ class Morphological(Transformation):
             stacked.reshape(n * 2 * c, height, width), kernels,
         ).view(n, 2, c, height, width)
         numerator, denominator = sums.unbind(1)
-        return numerator / denominator.clamp_min(1e-12)
+        return numerator / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)

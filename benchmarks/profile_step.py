@@ -1,0 +1,89 @@
+"""Time and profile DTI training steps on MNIST-sized images.
+
+Measures training throughput (images per second) of one estimator
+configuration on random 28 x 28 images with every transformation switched on,
+and optionally prints the top operators of ``torch.profiler``::
+
+    python benchmarks/profile_step.py --batch-size 64 --steps 30 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from dti_sklearn import DTIGaussianMixture, DTIKMeans
+from dti_sklearn._torch.network import PrototypeNetwork
+from dti_sklearn.transforms import make_transformations
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Print images per second of training steps; return it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["kmeans", "gmm"], default="kmeans")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--n-clusters", type=int, default=10)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--transforms", nargs="*", default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cls = DTIKMeans if args.model == "kmeans" else DTIGaussianMixture
+    estimator = cls(args.n_clusters, random_state=0)
+    if args.transforms is not None:
+        estimator.set_params(transforms=args.transforms)
+    if args.batch_size:
+        estimator.set_params(batch_size=args.batch_size)
+    batch = estimator.batch_size
+    shape = (args.channels, args.size, args.size)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(batch * 8, *shape, generator=gen)
+    centres = data[: args.n_clusters].clone()
+    estimator.n_features_in_ = data[0].numel()
+    transformations = make_transformations(estimator.transforms)
+    network = PrototypeNetwork(
+        centres, transformations, **estimator._network_kwargs(data, centres)
+    )
+    optimizer = estimator._make_optimizer(network)
+    active = list(range(len(transformations)))
+
+    def step(i: int) -> None:
+        x = data[(i % 8) * batch:(i % 8 + 1) * batch]
+        loss, _ = estimator._batch_loss(network, x, active)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(5):
+        step(i)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for i in range(args.steps):
+        step(i)
+    seconds = time.perf_counter() - start
+    cpu_ms = 1000 * (time.process_time() - cpu_start) / args.steps
+    rate = args.steps * batch / seconds
+    print(
+        f"{args.model} K={args.n_clusters} {shape} batch={batch} "
+        f"transforms={[type(t).__name__ for t in transformations]} "
+        f"threads={torch.get_num_threads()}: {1000 * seconds / args.steps:.1f} ms/step, "
+        f"{rate:.0f} images/s ({cpu_ms:.1f} ms of CPU time per step)"
+    )
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(10):
+                step(i)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return rate
+
+
+if __name__ == "__main__":
+    main()
