@@ -46,7 +46,7 @@ from dti_sklearn.transforms import Transformation, make_transformations
 DEFAULT_TRANSFORMS = ("affine", "thin_plate_spline", "morphological")
 
 #: Samples per inference batch.
-_INFERENCE_BATCH = 1024
+_INFERENCE_BATCH = 128
 
 
 @dataclass
@@ -68,7 +68,7 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
 
     _parameter_constraints: dict = {
         "transforms": [list, tuple, str, Transformation, None],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "n_init": [Interval(Integral, 1, None, closed="left")],
@@ -147,7 +147,8 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         transformations = make_transformations(self.transforms)
-        starts = curriculum_starts(self.curriculum, transformations, self.max_iter)
+        self._epochs = _auto_epochs(self.max_iter, n_samples, self.batch_size)
+        starts = curriculum_starts(self.curriculum, transformations, self._epochs)
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
         data = torch.from_numpy(images).to(device)
@@ -216,14 +217,14 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         loss_curve: list[float] = []
         iteration = 0
         epochs = tqdm(
-            range(self.max_iter), disable=not self.verbose, leave=False,
+            range(self._epochs), disable=not self.verbose, leave=False,
             desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
         )
         network.train()
         for epoch in epochs:
             active = active_at(starts, epoch)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate_at(self.learning_rate, epoch, self.max_iter)
+                group["lr"] = learning_rate_at(self.learning_rate, epoch, self._epochs)
             order = torch.randperm(n_samples, generator=generator).to(device)
             total = torch.zeros((), device=device)
             for batch in _batches(order, batch_size):
@@ -248,7 +249,7 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
             epochs.set_postfix(loss=f"{epoch_loss:.5f}")
         network.eval()
         costs = self._compute_costs(data, network)
-        return _Run(network, self._final_loss(costs), loss_curve, self.max_iter)
+        return _Run(network, self._final_loss(costs), loss_curve, self._epochs)
 
     def _make_optimizer(self, network: PrototypeNetwork) -> torch.optim.Optimizer:
         """Adam; weight decay on the predictor only, never on the prototypes."""
@@ -297,10 +298,9 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         network = self.network_ if network is None else network
         network.eval()
         chunks = []
-        for start in range(0, data.shape[0], _INFERENCE_BATCH):
-            x = data[start:start + _INFERENCE_BATCH]
+        for x, n_valid in _inference_chunks(data):
             means, deviations = network(x)
-            chunks.append(self._costs(network, x, means, deviations).cpu())
+            chunks.append(self._costs(network, x, means, deviations)[:n_valid].cpu())
         return torch.cat(chunks).numpy()
 
     def _validated_tensor(self, X) -> torch.Tensor:
@@ -362,9 +362,9 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         network.eval()
         chunks = []
         with torch.no_grad():
-            for start in range(0, data.shape[0], _INFERENCE_BATCH):
-                means, _ = network(data[start:start + _INFERENCE_BATCH])
-                chunks.append(means.cpu().double())
+            for x, n_valid in _inference_chunks(data):
+                means, _ = network(x)
+                chunks.append(means[:n_valid].cpu().double())
         aligned = self._layout.to_user(torch.cat(chunks).numpy())
         if self._layout.flat:
             aligned = aligned.reshape(aligned.shape[0], aligned.shape[1], -1)
@@ -520,6 +520,43 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
             )
             self.device_ = torch.device("cpu")
         self.network_ = self.network_.to(self.device_)
+
+
+#: Gradient steps that ``max_iter="auto"`` aims for.
+AUTO_STEPS = 3000
+#: Bounds on the number of epochs under ``max_iter="auto"``.
+AUTO_EPOCHS = (20, 200)
+
+
+def _auto_epochs(max_iter: int | str, n_samples: int, batch_size: int) -> int:
+    """Resolve ``max_iter``: ``"auto"`` aims for ``AUTO_STEPS`` gradient steps.
+
+    That is 20 epochs of the 10,000 MNIST-test images at batch size 64, and
+    about 100 epochs of the 1,797 images of scikit-learn's ``load_digits``;
+    never fewer than 20 epochs nor more than 200.
+    """
+    if max_iter != "auto":
+        return int(max_iter)
+    steps_per_epoch = math.ceil(n_samples / batch_size)
+    low, high = AUTO_EPOCHS
+    return int(min(high, max(low, math.ceil(AUTO_STEPS / steps_per_epoch))))
+
+
+def _inference_chunks(data: torch.Tensor):
+    """Yield ``(chunk, n_valid)``: fixed-size chunks, the last one zero-padded.
+
+    Every inference call sees exactly ``_INFERENCE_BATCH`` samples, so a
+    sample's outputs do not depend on how many others it is predicted with
+    (float32 convolutions and matrix products round differently for other
+    batch sizes), as scikit-learn's invariance checks require.
+    """
+    size = _INFERENCE_BATCH
+    for start in range(0, data.shape[0], size):
+        chunk = data[start:start + size]
+        n_valid = chunk.shape[0]
+        if n_valid < size:
+            chunk = torch.cat([chunk, chunk.new_zeros((size - n_valid, *chunk.shape[1:]))])
+        yield chunk, n_valid
 
 
 def _batches(order: torch.Tensor, batch_size: int):

@@ -31,9 +31,10 @@ class DTIKMeans(BaseDTI):
         ``"col"``, ``"aff"``, ``"proj"``, ``"tps"``, ``"mor"`` (or their long
         forms), or objects from :mod:`dti_sklearn.transforms`, your own
         included.  ``None`` means the identity only.
-    max_iter : int, default=50
+    max_iter : int or "auto", default="auto"
         Number of epochs (passes over the training set), as in
-        ``MLPClassifier``.
+        ``MLPClassifier``.  ``"auto"`` aims for 3,000 gradient steps, within
+        20 to 200 epochs: 20 epochs for 10,000 images at batch size 64.
     batch_size : int, default=64
         Samples per gradient step.
     learning_rate : float, default=1e-3
@@ -122,7 +123,7 @@ class DTIKMeans(BaseDTI):
         n_clusters: int = 8,
         *,
         transforms=DEFAULT_TRANSFORMS,
-        max_iter: int = 50,
+        max_iter: int | str = "auto",
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         n_init: int = 1,

@@ -37,8 +37,9 @@ class DTIGaussianMixture(BaseDTI):
         Default ``("affine", "thin_plate_spline", "morphological")``.
         The transformations applied to a component, in order (see
         :class:`DTIKMeans`).
-    max_iter : int, default=50
-        Number of epochs.
+    max_iter : int or "auto", default="auto"
+        Number of epochs; ``"auto"`` aims for 3,000 gradient steps, within 20
+        to 200 epochs (see :class:`DTIKMeans`).
     batch_size : int, default=64
         Samples per gradient step.
     learning_rate : float, default=1e-3
@@ -127,7 +128,7 @@ class DTIGaussianMixture(BaseDTI):
         n_components: int = 1,
         *,
         transforms=DEFAULT_TRANSFORMS,
-        max_iter: int = 50,
+        max_iter: int | str = "auto",
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         n_init: int = 1,

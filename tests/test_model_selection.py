@@ -245,7 +245,7 @@ def test_grid_search_n_jobs_2_fits_within_the_worker_share(backend):
     with parallel_config(backend=backend):
         search = GridSearchCV(
             model, {"batch_size": [16, 32]}, cv=2, n_jobs=2,
-            scoring=lambda est, X, y=None: max(_fit_threads(est)),
+            scoring=lambda est, X, y=None: max(_fit_threads(est)), error_score="raise",
         ).fit(X_IMAGES)
     assert (search.cv_results_["mean_test_score"] <= _share(2)).all()
     assert torch.get_num_threads() == before  # restored in the parent

@@ -1,0 +1,51 @@
+"""Training throughput of DTIKMeans through its public API.
+
+Fits on random 28 x 28 images with every transformation of the sequence on
+from the first epoch (``curriculum`` all zeros), and prints images per second
+of ``fit`` (its final assignment pass included)::
+
+    python benchmarks/throughput.py --n-samples 2560 --max-iter 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from dti_sklearn import DTIKMeans
+
+
+def main(argv: list[str] | None = None) -> float:
+    """Print and return images per second of training."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n-samples", type=int, default=2560)
+    parser.add_argument("--max-iter", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--transforms", nargs="+", default=["affine", "thin_plate_spline",
+                                                            "morphological"])
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    X = rng.random((args.n_samples, args.size, args.size), dtype=np.float32)
+    model = DTIKMeans(
+        n_clusters=10, transforms=args.transforms, max_iter=args.max_iter,
+        batch_size=args.batch_size, curriculum=[0] * len(args.transforms), init="random",
+        random_state=0, device="cpu",
+    )
+    start = time.perf_counter()
+    model.fit(X)
+    seconds = time.perf_counter() - start
+    rate = args.n_samples * args.max_iter / seconds
+    print(f"{rate:.0f} images/s ({seconds:.1f} s for {args.max_iter} epochs of "
+          f"{args.n_samples} images, threads={torch.get_num_threads()})")
+    return rate
+
+
+if __name__ == "__main__":
+    main()
