@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -26,7 +25,6 @@ from sklearn.base import (
     ClusterMixin,
     TransformerMixin,
     _fit_context,
-    clone,
 )
 from sklearn.cluster import KMeans, kmeans_plusplus
 from sklearn.utils import check_random_state
@@ -35,6 +33,8 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from dti_sklearn._images import ImageLayout, validate_images
+from dti_sklearn._params import NestedTransformsParamsMixin
+from dti_sklearn._persistence import DeviceSafePickleMixin
 from dti_sklearn._schedule import active_at, curriculum_starts, learning_rate_at
 from dti_sklearn._threads import limit_torch_threads
 from dti_sklearn._torch.device import resolve_device
@@ -59,7 +59,14 @@ class _Run:
     n_iter: int = 0
 
 
-class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, BaseEstimator):
+class BaseDTI(
+    NestedTransformsParamsMixin,
+    DeviceSafePickleMixin,
+    ClassNamePrefixFeaturesOutMixin,
+    ClusterMixin,
+    TransformerMixin,
+    BaseEstimator,
+):
     """Base class of the DTI estimators (not for direct use).
 
     Parameters are documented on :class:`~dti_sklearn.DTIKMeans` and
@@ -376,111 +383,6 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         return self._layout.to_user(raw)
 
     # ------------------------------------------------------------ estimator
-    def get_params(self, deep: bool = True) -> dict:
-        """Get the parameters of this estimator.
-
-        With ``deep=True`` and ``transforms`` a list or tuple, every element
-        is also listed as ``transforms__<i>``, and every parameter of a
-        :class:`~dti_sklearn.transforms.Transformation` object in it as
-        ``transforms__<i>__<param>`` (the way :class:`~sklearn.pipeline.Pipeline`
-        lists its steps), so that :meth:`set_params` and ``GridSearchCV`` can
-        reach them.  A single transformation object is handled by
-        scikit-learn as usual (``transforms__<param>``).
-
-        Parameters
-        ----------
-        deep : bool, default=True
-            Whether to include the elements of ``transforms`` and their
-            parameters.
-
-        Returns
-        -------
-        params : dict
-            Parameter names mapped to their values.
-        """
-        params = super().get_params(deep=deep)
-        if deep and isinstance(self.transforms, (list, tuple)):
-            for index, element in enumerate(self.transforms):
-                params[f"transforms__{index}"] = element
-                if isinstance(element, Transformation):
-                    for key, value in element.get_params(deep=True).items():
-                        params[f"transforms__{index}__{key}"] = value
-        return params
-
-    def set_params(self, **params) -> BaseDTI:
-        """Set the parameters of this estimator.
-
-        Besides the constructor's parameters this accepts
-        ``transforms__<i>`` (replace the i-th element of ``transforms``) and
-        ``transforms__<i>__<param>`` (set a parameter of the i-th
-        transformation object), see :meth:`get_params`.  ``transforms`` itself
-        is set first when given too.  The objects in ``transforms`` are never
-        modified in place: the changed ones are cloned and a new list (or
-        tuple) is stored, so objects shared with other estimators (or with the
-        caller) keep their values.
-
-        Parameters
-        ----------
-        **params : dict
-            Estimator parameters.
-
-        Returns
-        -------
-        self : estimator instance
-            Estimator instance.
-
-        Raises
-        ------
-        ValueError
-            For an unknown parameter, an index out of range, or a nested
-            parameter of an element given by name (``"mor"``): pass
-            transformation objects to set their parameters.
-        """
-        prefix = "transforms__"
-        nested = {key: value for key, value in params.items() if key.startswith(prefix)}
-        super().set_params(
-            **{key: value for key, value in params.items() if key not in nested}
-        )
-        if not nested:
-            return self
-        current = self.transforms
-        if isinstance(current, Transformation):
-            sub = {key[len(prefix):]: value for key, value in nested.items()}
-            self.transforms = clone(current).set_params(**sub)
-            return self
-        if not isinstance(current, (list, tuple)):
-            raise ValueError(
-                f"Invalid parameter {next(iter(nested))!r} for estimator {self}: "
-                f"transforms={current!r} has no nested parameters."
-            )
-        elements = list(current)
-        element_params: dict[int, dict] = {}
-        for key, value in nested.items():
-            head, _, sub_key = key[len(prefix):].partition("__")
-            if not (head.isdigit() and int(head) < len(elements)):
-                raise ValueError(
-                    f"Invalid parameter {key!r} for estimator {self}. transforms has "
-                    f"{len(elements)} elements: use transforms__<i> or "
-                    "transforms__<i>__<param> with 0 <= i < "
-                    f"{len(elements)}."
-                )
-            if sub_key:
-                element_params.setdefault(int(head), {})[sub_key] = value
-            else:
-                elements[int(head)] = value
-        for index, sub in element_params.items():
-            element = elements[index]
-            if not isinstance(element, Transformation):
-                raise ValueError(
-                    f"Invalid parameter 'transforms__{index}__{next(iter(sub))}' for "
-                    f"estimator {self}: transforms[{index}] is {element!r}, not a "
-                    "Transformation object; pass objects from dti_sklearn.transforms "
-                    "to set their parameters."
-                )
-            elements[index] = clone(element).set_params(**sub)
-        self.transforms = type(current)(elements)
-        return self
-
     @property
     def _n_features_out(self) -> int:
         """Columns of :meth:`transform`, one per cluster (fitted estimators only).
@@ -495,31 +397,6 @@ class BaseDTI(ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin, B
         tags.non_deterministic = False
         return tags
 
-    def __getstate__(self) -> dict:
-        """Pickle with every tensor on the CPU, so any machine can load it."""
-        # A copy: on Python >= 3.11 the parent returns the instance's own
-        # __dict__, and the CPU network below must not replace the live one.
-        state = dict(super().__getstate__())
-        network = state.get("network_")
-        if network is not None and next(network.parameters()).device.type != "cpu":
-            state["network_"] = copy.deepcopy(network).to("cpu")
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        """Unpickle, moving the network back to its device when that exists."""
-        super().__setstate__(state)
-        device = state.get("device_")
-        if device is None or "network_" not in state:
-            return
-        if device.type == "cuda" and not torch.cuda.is_available():
-            warnings.warn(
-                f"{type(self).__name__} was fitted on {device} but CUDA is not available; "
-                "it now runs on the CPU.",
-                UserWarning,
-                stacklevel=2,
-            )
-            self.device_ = torch.device("cpu")
-        self.network_ = self.network_.to(self.device_)
 
 
 #: Gradient steps that ``max_iter="auto"`` aims for.
