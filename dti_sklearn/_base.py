@@ -51,9 +51,10 @@ _INFERENCE_BATCH = 128
 
 @dataclass
 class _Run:
-    """Outcome of one initialisation: the network and its final loss."""
+    """Outcome of one initialisation: the network, its final costs and loss."""
 
     network: PrototypeNetwork
+    costs: np.ndarray
     loss: float
     loss_curve: list[float] = field(default_factory=list)
     n_iter: int = 0
@@ -172,8 +173,7 @@ class BaseDTI(
         self.transforms_ = transformations
         self.loss_curve_ = best.loss_curve
         self.n_iter_ = best.n_iter
-        costs = self._compute_costs(data)
-        self._set_fitted_attributes(best.network, costs)
+        self._set_fitted_attributes(best.network, best.costs)
         return self
 
     def _initial_centres(self, images: np.ndarray, seed: int) -> np.ndarray:
@@ -256,7 +256,7 @@ class BaseDTI(
             epochs.set_postfix(loss=f"{epoch_loss:.5f}")
         network.eval()
         costs = self._compute_costs(data, network)
-        return _Run(network, self._final_loss(costs), loss_curve, self._epochs)
+        return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
 
     def _make_optimizer(self, network: PrototypeNetwork) -> torch.optim.Optimizer:
         """Adam; weight decay on the predictor only, never on the prototypes."""
