@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 from sklearn.datasets import load_digits
 
-from dti_sklearn import DTIKMeans, _base
+from dti_sklearn import DTIGaussianMixture, DTIKMeans, _base
 from dti_sklearn._images import validate_images
 from dti_sklearn._schedule import (
     DECAY_PHASE,
@@ -25,6 +25,7 @@ from dti_sklearn._schedule import (
     curriculum_starts,
     learning_rate_at,
 )
+from dti_sklearn._torch.network import PrototypeNetwork
 from dti_sklearn.transforms import (
     Affine,
     Identity,
@@ -284,6 +285,35 @@ def test_same_seed_same_model_and_different_seeds_differ(digits):
     assert a.loss_curve_ == b.loss_curve_
     c = DTIKMeans(K, random_state=4, **kwargs).fit(digits)
     assert not np.array_equal(a.prototypes_, c.prototypes_)
+
+
+@pytest.mark.parametrize("estimator", [DTIKMeans(K), DTIGaussianMixture(K)])
+def test_training_gradients_do_not_depend_on_thread_scheduling(estimator):
+    """Same seed, same model across runs on several threads: the gradient of a
+    training step is bitwise the same every time.  (Advanced indexing of the
+    prototypes had a backward that accumulates in a thread-dependent order.)"""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 28, 28, generator=generator)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        centres = x[:K].clone()
+        network = PrototypeNetwork(
+            centres, make_transformations(["aff", "mor"]),
+            **estimator._network_kwargs(x, centres),
+        )
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            network.zero_grad()
+            loss, _ = estimator._batch_loss(network, x, [0, 1])
+            loss.backward()
+            grads.append(network.prototypes.grad.clone())
+    finally:
+        torch.set_num_threads(saved)
+    for grad in grads[1:]:
+        assert torch.equal(grad, grads[0])
 
 
 def test_fit_leaves_the_global_random_state_alone(digits):

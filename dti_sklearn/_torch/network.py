@@ -164,8 +164,12 @@ class PrototypeNetwork(nn.Module):
         stds = None if self.log_deviations is None else self.log_deviations.exp()
         if clusters is not None:
             k = clusters.shape[1]
-            means = means[clusters]
-            stds = None if stds is None else stds[clusters]
+            # index_select, not means[clusters]: the backward of advanced
+            # indexing accumulates in a thread-dependent order on the CPU,
+            # which made training differ between runs with the same seed.
+            flat, shape = clusters.reshape(-1), (batch, k, c, height, width)
+            means = means.index_select(0, flat).view(shape)
+            stds = None if stds is None else stds.index_select(0, flat).view(shape)
             index = clusters.unsqueeze(2)
             params = [p.gather(1, index.expand(batch, k, p.shape[2])) for p in params]
         else:
