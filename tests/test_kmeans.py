@@ -573,6 +573,36 @@ def _cluster_tensors(network):
     return tensors
 
 
+def test_fused_adam_matches_the_per_tensor_loop(fitted, digits):
+    # Training uses Adam's fused kernel on the CPU for speed; it must take the
+    # same steps as the plain per-tensor loop with the same parameter groups.
+    network = copy.deepcopy(fitted.network_).train()
+    fused = fitted._make_optimizer(network)
+    assert all(group["fused"] for group in fused.param_groups)
+    reference = copy.deepcopy(network)
+    names = {id(p): name for name, p in network.named_parameters()}
+    by_name = dict(reference.named_parameters())
+    plain = torch.optim.Adam(
+        [
+            {"params": [by_name[names[id(p)]] for p in group["params"]],
+             "weight_decay": group["weight_decay"]}
+            for group in fused.param_groups
+        ],
+        lr=fitted.learning_rate, foreach=False,
+    )
+    x = torch.from_numpy(digits[:32, None].astype(np.float32))
+    for _ in range(3):
+        for net, optimizer in ((network, fused), (reference, plain)):
+            optimizer.zero_grad()
+            means, _ = net(x)
+            (x.unsqueeze(1) - means).pow(2).mean().backward()
+            optimizer.step()
+    moved = (network.prototypes - fitted.network_.prototypes).abs().max()
+    assert moved > 1e-4
+    for name, value in network.state_dict().items():
+        assert torch.allclose(value, reference.state_dict()[name], atol=1e-6), name
+
+
 def test_reassign_does_nothing_without_small_clusters(fitted, digits):
     network, optimizer = _trained_copy(fitted, digits)
     before = copy.deepcopy(network.state_dict())
