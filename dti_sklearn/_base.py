@@ -266,8 +266,8 @@ class BaseDTI(
         predictor = list(network.encoder.parameters()) + list(network.heads.parameters())
         ids = {id(p) for p in predictor}
         others = [p for p in network.parameters() if id(p) not in ids]
-        # The fused kernel updates all tensors in one pass: measured 4 ms
-        # against 26 ms per step for the default per-tensor loop on the CPU
+        # The fused kernel updates all tensors in one pass: measured 0.7 ms
+        # against 6.7-8.0 ms per step for the per-tensor loop on the CPU
         # (771,000 parameters of the default MNIST network, two threads).
         fused = network.prototypes.device.type in _FUSED_ADAM_DEVICES
         return torch.optim.Adam(
