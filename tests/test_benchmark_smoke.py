@@ -134,3 +134,13 @@ def test_summary_min_loss_and_failures(bench):
     assert row["minloss_seed"] == 1 and row["minloss_acc"] == 0.7
     table = bench.format_table([row], "mnist")
     assert "80.0±10.0" in table and "2+1F" in table
+
+
+def test_standardised_model_is_a_pipeline_without_the_colour_module(bench):
+    model = bench.make_model("dtikmeans-std", "mnist-color", seed=3, max_iter=2)
+    standardizer, dti = model[0], model[-1]
+    assert type(standardizer).__name__ == "ImageStandardizer"
+    assert dti.random_state == 3 and dti.max_iter == 2
+    assert not any(bench._is_color(t) for t in dti.transforms)
+    coloured = bench.make_model("dtikmeans", "mnist-color", seed=3)
+    assert bench._is_color(coloured.transforms[0])

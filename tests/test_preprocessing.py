@@ -1,0 +1,114 @@
+"""ImageStandardizer: invariance to per-channel gain and offset, layouts, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.pipeline import make_pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from dti_sklearn import DTIKMeans
+from dti_sklearn.datasets import make_mnist_color
+from dti_sklearn.preprocessing import ImageStandardizer
+
+
+@parametrize_with_checks([ImageStandardizer()])
+def test_sklearn_compatible_transformer(estimator, check):
+    check(estimator)
+
+
+def _recolour(images: np.ndarray, seed: int) -> np.ndarray:
+    """Apply a random gain (either sign, |gain| >= 0.2) and offset to every channel."""
+    rng = np.random.default_rng(seed)
+    n, c = images.shape[0], images.shape[-1]
+    gain = rng.uniform(0.2, 2.0, (n, 1, 1, c)) * rng.choice([-1.0, 1.0], (n, 1, 1, c))
+    return gain * images + rng.uniform(-1, 1, (n, 1, 1, c))
+
+
+@pytest.fixture(scope="module")
+def coloured():
+    digits = load_digits()
+    return make_mnist_color(digits.images / 16.0, random_state=0), digits.target
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_output_ignores_gain_and_offset_of_every_channel(seed):
+    images = np.random.default_rng(10 + seed).random((50, 8, 8, 3))
+    std = ImageStandardizer().fit(images)
+    expected = std.transform(images)
+    assert np.allclose(std.transform(_recolour(images, seed)), expected, atol=1e-5)
+
+
+def test_colourings_of_the_same_digits_become_equal():
+    digits = load_digits().images[:40] / 16.0
+    a = make_mnist_color(digits, random_state=1)
+    b = make_mnist_color(digits, random_state=2)
+    assert not np.allclose(a, b, atol=0.1)
+    std = ImageStandardizer().fit(a)
+    # Equal where the colours have contrast in every channel.
+    contrast = np.abs(a.max(axis=(1, 2)) - a.min(axis=(1, 2))).min(axis=1) > 0.05
+    contrast &= np.abs(b.max(axis=(1, 2)) - b.min(axis=(1, 2))).min(axis=1) > 0.05
+    assert contrast.sum() >= 10
+    assert np.allclose(std.transform(a)[contrast], std.transform(b)[contrast], atol=1e-4)
+
+
+def test_range_dtype_shape_and_input_untouched(coloured):
+    images = coloured[0][:20].astype(np.float64)
+    before = images.copy()
+    out = ImageStandardizer().fit_transform(images)
+    assert out.shape == images.shape and out.dtype == np.float32
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert np.array_equal(images, before)
+
+
+@pytest.mark.parametrize("layout", ["nhw", "flat"])
+def test_grayscale_and_flat_layouts(layout):
+    images = load_digits().images[:10] / 16.0
+    expected = ImageStandardizer().fit_transform(images)
+    if layout == "nhw":
+        out = ImageStandardizer().fit_transform(3.0 - 2.0 * images)
+        assert out.shape == images.shape
+    else:
+        flat = (3.0 - 2.0 * images).reshape(10, -1)
+        out = ImageStandardizer(image_shape=(8, 8)).fit_transform(flat)
+        assert out.shape == flat.shape
+        out = out.reshape(images.shape)
+    assert np.allclose(out, expected, atol=1e-6)
+
+
+def test_keep_polarity_does_not_flip_a_negated_image():
+    images = load_digits().images[:10] / 16.0
+    std = ImageStandardizer(polarity="keep").fit(images)
+    assert np.allclose(std.transform(-images), 1.0 - std.transform(images), atol=1e-6)
+    auto = ImageStandardizer().fit(images)
+    assert np.allclose(auto.transform(-images), auto.transform(images), atol=1e-6)
+
+
+def test_constant_channel_becomes_zero_without_nan():
+    images = np.random.default_rng(0).random((4, 5, 5, 3))
+    images[1, :, :, 2] = 0.7
+    images[3] = 0.0
+    out = ImageStandardizer().fit_transform(images)
+    assert np.isfinite(out).all()
+    assert (out[1, :, :, 2] == 0).all() and (out[3] == 0).all()
+    assert out[1, :, :, :2].max() == 1.0
+
+
+def test_bad_polarity_and_shape_are_named():
+    images = np.zeros((3, 4, 4))
+    with pytest.raises(ValueError, match="polarity"):
+        ImageStandardizer(polarity="flip").fit(images)
+    std = ImageStandardizer().fit(images)
+    with pytest.raises(ValueError, match="shape"):
+        std.transform(np.zeros((3, 5, 5)))
+
+
+def test_pipeline_clusters_recoloured_digits_alike(coloured):
+    images, _ = coloured
+    images = images[:300]
+    pipe = make_pipeline(
+        ImageStandardizer(), DTIKMeans(4, transforms=["aff"], max_iter=2, random_state=0)
+    ).fit(images)
+    assert pipe[-1].prototypes_.shape == (4, 8, 8, 3)
+    assert np.array_equal(pipe.predict(_recolour(images, 3)), pipe.predict(images))
