@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dti_sklearn._images import validate_images
@@ -58,7 +59,7 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "polarity": [str],
+        "polarity": [StrOptions({"auto", "keep"})],
         "image_shape": [None, list, tuple],
     }
 
@@ -66,6 +67,7 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
         self.polarity = polarity
         self.image_shape = image_shape
 
+    @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Record the image layout.
 
@@ -81,7 +83,6 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
         self : object
             The fitted transformer.
         """
-        self._check_polarity()
         validate_images(self, X, image_shape=self.image_shape, reset=True)
         return self
 
@@ -99,7 +100,6 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
             Values in ``[0, 1]``; a constant channel becomes 0.
         """
         check_is_fitted(self)
-        self._check_polarity()
         images = validate_images(self, X, image_shape=self.image_shape, reset=False)
         n, c = images.shape[:2]
         flat = images.reshape(n, c, -1)
@@ -110,20 +110,12 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
         low = flat.min(axis=2, keepdims=True)
         span = flat.max(axis=2, keepdims=True) - low
         flat -= low
-        np.divide(flat, span, out=flat, where=span > 0)
-        flat[np.broadcast_to(span <= 0, flat.shape)] = 0.0
+        np.divide(flat, span, out=flat, where=span > 0)  # a constant channel is 0 already
         out = self._layout.to_user(images)
         return out.reshape(n, -1) if self._layout.flat else out
 
-    def _check_polarity(self) -> None:
-        if self.polarity not in ("auto", "keep"):
-            raise ValueError(
-                f"polarity must be 'auto' or 'keep', got {self.polarity!r}."
-            )
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.requires_fit = True
         tags.transformer_tags.preserves_dtype = ["float32"]  # always float32 out
         return tags
 
