@@ -35,7 +35,13 @@ from tqdm.auto import tqdm
 from dti_sklearn._images import ImageLayout, validate_images
 from dti_sklearn._params import NestedTransformsParamsMixin
 from dti_sklearn._persistence import DeviceSafePickleMixin
-from dti_sklearn._schedule import active_at, curriculum_starts, learning_rate_at
+from dti_sklearn._schedule import (
+    active_at,
+    curriculum_starts,
+    decay_start,
+    learning_rate_at,
+)
+from dti_sklearn._split_merge import removal_costs, two_means_splits
 from dti_sklearn._threads import limit_torch_threads
 from dti_sklearn._torch.device import resolve_device
 from dti_sklearn._torch.network import PrototypeNetwork
@@ -96,6 +102,9 @@ class BaseDTI(
     empty_cluster_share = 0.2
     #: Iterations between two empty-cluster checks.
     reassign_every = 40
+    #: Training images sampled for the split-and-merge check at the end of
+    #: every epoch before the learning-rate decay (0 switches the moves off).
+    split_merge_samples = 2048
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
 
@@ -129,6 +138,12 @@ class BaseDTI(
     @abstractmethod
     def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
         """Store the estimator's fitted attributes (hook)."""
+
+    def _split_residuals(
+        self, x: torch.Tensor, aligned: torch.Tensor, deviations: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Residuals whose squared norm is a sample's cost up to constants (hook)."""
+        return x - aligned
 
     def _after_reassignment(
         self, network: PrototypeNetwork, small: torch.Tensor, largest: int,
@@ -256,6 +271,8 @@ class BaseDTI(
                     "learning_rate."
                 )
             loss_curve.append(epoch_loss)
+            if epoch + 1 < decay_start(self._epochs):
+                self._split_and_merge(network, optimizer, data, active, generator)
             epochs.set_postfix(loss=f"{epoch_loss:.5f}")
         network.eval()
         costs = self._compute_costs(data, network)
@@ -292,17 +309,65 @@ class BaseDTI(
             return
         largest = int(share.argmax())
         small = small.to(counts.device)
-        for param in network.cluster_parameters():
-            param[small] = param[largest].clone()
-            state = optimizer.state.get(param, {})
-            for key in ("exp_avg", "exp_avg_sq"):
-                if key in state:
-                    state[key][small] = state[key][largest].clone()
+        _copy_clusters(network, optimizer, small, largest)
         noise = torch.randn(
             (len(small), *network.prototypes.shape[1:]), generator=generator
         ).to(counts.device)
         network.prototypes[small] += 1e-3 * noise
         self._after_reassignment(network, small, largest)
+
+    @torch.no_grad()
+    def _split_and_merge(
+        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
+        data: torch.Tensor, active: list[int], generator: torch.Generator,
+    ) -> bool:
+        """Restart the most redundant cluster as one half of the most mixed one.
+
+        On a random sample of ``split_merge_samples`` training images, the
+        gain of splitting every cluster in two (a two-means of its members'
+        residuals) is compared with the cost of removing every cluster (its
+        members' rise to their second-best cluster).  When the best split
+        gains more than the cheapest removal costs, that cluster is removed
+        and the split one is copied into its slot (parameters and optimizer
+        state), each copy's prototype shifted by the mean residual of its
+        half.  Returns whether a move was made.
+        """
+        k, n = network.n_prototypes, data.shape[0]
+        if k < 2 or self.split_merge_samples < 2:
+            return False
+        sample = torch.randperm(n, generator=generator)[: self.split_merge_samples]
+        network.eval()
+        costs, raw, scaled = [], [], []
+        for x, n_valid in _inference_chunks(data[sample.to(data.device)]):
+            means, deviations = network(x, active)
+            chunk_costs = self._costs(network, x, means, deviations)[:n_valid]
+            rows = torch.arange(n_valid, device=x.device)
+            best = chunk_costs.argmin(1)
+            aligned = means[rows, best]
+            spread = None if deviations is None else deviations[rows, best]
+            costs.append(chunk_costs)
+            raw.append((x[:n_valid] - aligned).flatten(1))
+            scaled.append(self._split_residuals(x[:n_valid], aligned, spread).flatten(1))
+        network.train()
+        costs, raw, scaled = torch.cat(costs), torch.cat(raw), torch.cat(scaled)
+        labels = costs.argmin(1)
+        removal = removal_costs(costs)
+        gains, sides = two_means_splits(scaled.double(), labels, k)
+        split = int(gains.argmax())
+        removal[split] = math.inf
+        removed = int(removal.argmin())
+        if not gains[split] > removal[removed]:
+            return False
+        halves = []
+        for side in (0, 1):
+            chosen = (labels == split) & (sides == side)
+            halves.append(raw[chosen].mean(0).view(network.prototypes.shape[1:]))
+        target = torch.tensor([removed], device=network.prototypes.device)
+        _copy_clusters(network, optimizer, target, split)
+        network.prototypes[split] += halves[0].to(network.prototypes.dtype)
+        network.prototypes[removed] += halves[1].to(network.prototypes.dtype)
+        self._after_reassignment(network, target, split)
+        return True
 
     # ------------------------------------------------------------- inference
     @torch.no_grad()
@@ -452,6 +517,19 @@ def _batches(order: torch.Tensor, batch_size: int):
         bounds.pop(-2)
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         yield order[lo:hi]
+
+
+def _copy_clusters(
+    network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
+    targets: torch.Tensor, source: int,
+) -> None:
+    """Overwrite clusters ``targets`` with cluster ``source``: parameters and Adam state."""
+    for param in network.cluster_parameters():
+        param[targets] = param[source].clone()
+        state = optimizer.state.get(param, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][targets] = state[key][source].clone()
 
 
 def _user_to_nchw(images: np.ndarray, layout: ImageLayout) -> np.ndarray:

@@ -71,7 +71,13 @@ def active_at(starts: list[int], epoch: int) -> list[int]:
     return [i for i, s in enumerate(starts) if s <= epoch]
 
 
+def decay_start(max_iter: int) -> int:
+    """First epoch trained at a tenth of the learning rate (``max_iter`` if none)."""
+    if max_iter < 10:
+        return max_iter
+    return max_iter - int(round(DECAY_PHASE * max_iter))
+
+
 def learning_rate_at(base: float, epoch: int, max_iter: int) -> float:
     """Learning rate of ``epoch``: the base rate, a tenth of it at the end."""
-    decay_from = max_iter - int(round(DECAY_PHASE * max_iter))
-    return base * 0.1 if max_iter >= 10 and epoch >= decay_from else base
+    return base * 0.1 if epoch >= decay_start(max_iter) else base

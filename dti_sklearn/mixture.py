@@ -98,6 +98,16 @@ class DTIGaussianMixture(BaseDTI):
     network_ : torch.nn.Module
         The fitted components, encoder and heads.
 
+    Notes
+    -----
+    Besides the paper's recipe (curriculum, learning-rate drop, restart of
+    nearly empty clusters), training makes split-and-merge moves: at the end
+    of every epoch before the learning-rate drop, the component that would
+    lower the objective most if split in two replaces the one whose removal
+    costs least, whenever the split gains more than the removal costs.
+    This repairs runs in which one component holds two kinds of images while
+    two others share one kind (see docs/benchmarks.md).
+
     See Also
     --------
     DTIKMeans : The hard-assignment counterpart.
@@ -209,6 +219,10 @@ class DTIGaussianMixture(BaseDTI):
 
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
+
+    def _split_residuals(self, x, aligned, deviations):
+        # The cost's quadratic term: ||(x - mean) / sqrt(2 variance)||^2.
+        return (x - aligned) / (2 * (deviations.pow(2) + self.var_min)).sqrt()
 
     def _after_reassignment(self, network: PrototypeNetwork, small, largest) -> None:
         # The largest component's weight is shared with its copies.

@@ -38,14 +38,7 @@ N, H, W, K = 100, 8, 8, 3
 FAST = {"max_iter": 1, "batch_size": 32, "random_state": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Every tensor here is tiny: one intra-op thread is faster, and far faster on a
-    busy machine, where OpenMP threads wait for each other."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -645,6 +638,7 @@ def test_far_prototype_stays_empty_without_reassignment(digits):
     init = np.concatenate([digits[[0, 1, 2]], np.full((1, H, W), 10.0)])
     model = DTIKMeans(4, transforms=None, init=init, max_iter=2, batch_size=20, random_state=0)
     model.reassign_every = 10**9
+    model.split_merge_samples = 0
     model.fit(digits)
     assert np.bincount(model.labels_, minlength=4)[3] == 0
 

@@ -23,14 +23,7 @@ N, H, W, K = 100, 8, 8, 3
 FAST = {"max_iter": 1, "batch_size": 32, "random_state": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Every tensor here is tiny: one intra-op thread is faster, and far faster on a
-    busy machine, where OpenMP threads wait for each other."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ X_IMAGES = X_FLAT.reshape(-1, 8, 8) / 16.0
 SMALL = {"n_clusters": 3, "max_iter": 2, "batch_size": 32, "random_state": 0}
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in the test process: tiny fits only slow down with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ------------------------------------------------------------ nested params

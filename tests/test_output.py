@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
@@ -15,13 +14,7 @@ X = np.random.RandomState(0).rand(40, 6, 6)
 X_FLAT = X.reshape(40, 36)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in the test process: tiny fits only slow down with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _kmeans(**params):

@@ -24,13 +24,7 @@ ESTIMATORS = [
 IDS = ["kmeans", "mixture"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread in the test process: tiny fits only slow down with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=ESTIMATORS, ids=IDS)
