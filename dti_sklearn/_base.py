@@ -54,6 +54,10 @@ DEFAULT_TRANSFORMS = ("affine", "thin_plate_spline", "morphological")
 #: Devices on which Adam runs as one fused kernel.
 _FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
+#: Pixel values (samples x values per image) that the split-and-merge check
+#: holds at most: 2,048 MNIST images, 1,365 colour images of 64 x 64.
+_SPLIT_MERGE_VALUES = 2**24
+
 #: Samples per inference batch.
 _INFERENCE_BATCH = 128
 
@@ -103,7 +107,8 @@ class BaseDTI(
     #: Iterations between two empty-cluster checks.
     reassign_every = 40
     #: Training images sampled for the split-and-merge check at the end of
-    #: every epoch before the learning-rate decay (0 switches the moves off).
+    #: every epoch before the learning-rate decay (fewer for large images, see
+    #: ``_SPLIT_MERGE_VALUES``; 0 switches the moves off).
     split_merge_samples = 2048
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
@@ -335,7 +340,9 @@ class BaseDTI(
         k, n = network.n_prototypes, data.shape[0]
         if k < 2 or self.split_merge_samples < 2:
             return False
-        sample = torch.randperm(n, generator=generator)[: self.split_merge_samples]
+        values = data[0].numel()
+        n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
+        sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
         costs, raw, scaled = [], [], []
         for x, n_valid in _inference_chunks(data[sample.to(data.device)]):

@@ -91,9 +91,9 @@ def two_means_splits(
 
     first = farthest_from(means)
     centres = torch.stack([first, farthest_from(first)], dim=1)  # (k, 2, D)
+    own = torch.stack([2 * labels, 2 * labels + 1], dim=1)  # (n, 2) rows of flat centres
     for _ in range(TWO_MEANS_ITERATIONS):
-        own = centres[labels]  # (n, 2, D)
-        sides = (residuals.unsqueeze(1) - own).pow(2).sum(2).argmin(1)
+        sides = _gain_per_side(residuals, centres, own).argmax(1)
         slot = labels * 2 + sides
         sums = torch.zeros(2 * k, residuals.shape[1], dtype=dtype, device=device)
         sums.index_add_(0, slot, residuals)
@@ -101,11 +101,20 @@ def two_means_splits(
         updated = (sums / counts.clamp_min(1)).view(k, 2, -1)
         # A half left empty keeps its previous centre.
         centres = torch.where((counts == 0).view(k, 2, 1), centres, updated)
-    own = centres[labels]
-    split = (residuals.unsqueeze(1) - own).pow(2).sum(2)
-    inertia_parts, sides = split.min(1)
-    total = residuals.pow(2).sum(1)
-    gains = torch.zeros(k, dtype=dtype, device=device).index_add_(
-        0, labels, total - inertia_parts
-    )
+    per_sample, sides = _gain_per_side(residuals, centres, own).max(1)
+    gains = torch.zeros(k, dtype=dtype, device=device).index_add_(0, labels, per_sample)
     return torch.where(sizes >= 2, gains, torch.zeros_like(gains)), sides
+
+
+def _gain_per_side(
+    residuals: torch.Tensor, centres: torch.Tensor, own: torch.Tensor,
+) -> torch.Tensor:
+    """(n, 2) ``||r||^2 - ||r - c||^2 = 2 r.c - ||c||^2`` for both centres of r's cluster.
+
+    One matrix product against all ``2k`` centres: nothing of size
+    ``n x 2 x D`` is materialised, and the gain needs no difference of two
+    large sums.
+    """
+    flat = centres.reshape(-1, centres.shape[2])  # (2k, D)
+    dots = (residuals @ flat.T).gather(1, own)
+    return 2 * dots - flat.pow(2).sum(1)[own]
