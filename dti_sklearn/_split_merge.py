@@ -63,8 +63,8 @@ def two_means_splits(
     gains : torch.Tensor of shape (k,)
         Sum of squared residual norms of the cluster's members minus the
         two-means inertia: how much the cost falls if the cluster's
-        prototype is replaced by two.  Zero for clusters of fewer than two
-        members.
+        prototype is replaced by two.  Zero for a cluster that cannot be
+        split in two non-empty halves (fewer than two members, or all alike).
     sides : torch.Tensor of shape (n,)
         0 or 1: the half of its cluster every sample falls in.
 
@@ -78,10 +78,10 @@ def two_means_splits(
     dtype, device = residuals.dtype, residuals.device
     member = torch.zeros(k, n, dtype=torch.bool, device=device)
     member[labels, torch.arange(n, device=device)] = True
-    sizes = member.sum(1)
+    sizes = member.sum(1).clamp_min(1)
     means = torch.zeros(k, residuals.shape[1], dtype=dtype, device=device).index_add_(
         0, labels, residuals
-    ) / sizes.clamp_min(1).unsqueeze(1).to(dtype)
+    ) / sizes.unsqueeze(1).to(dtype)
 
     def farthest_from(points: torch.Tensor) -> torch.Tensor:
         # (k, D) reference points -> (k, D) the farthest member of each cluster.
@@ -103,7 +103,9 @@ def two_means_splits(
         centres = torch.where((counts == 0).view(k, 2, 1), centres, updated)
     per_sample, sides = _gain_per_side(residuals, centres, own).max(1)
     gains = torch.zeros(k, dtype=dtype, device=device).index_add_(0, labels, per_sample)
-    return torch.where(sizes >= 2, gains, torch.zeros_like(gains)), sides
+    halves = torch.bincount(labels * 2 + sides, minlength=2 * k).view(k, 2)
+    splittable = (halves > 0).all(1)
+    return torch.where(splittable, gains, torch.zeros_like(gains)), sides
 
 
 def _gain_per_side(

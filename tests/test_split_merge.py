@@ -66,6 +66,16 @@ def test_two_means_gain_matches_scikit_learn():
     assert gains[2] == 0 and gains[3] == 0
 
 
+def test_members_all_alike_cannot_be_split():
+    # Regression: a cluster of identical residuals used to report its shift
+    # gain with one empty half, whose mean is NaN.
+    residuals = torch.cat([torch.full((6, 4), 0.5), torch.randn(6, 4)]).double()
+    labels = torch.tensor([0] * 6 + [1] * 6)
+    gains, sides = two_means_splits(residuals, labels, 2)
+    assert gains[0] == 0 and gains[1] > 0
+    assert set(sides[6:].tolist()) == {0, 1}
+
+
 # ---------------------------------------------------------------------- move
 def _prepared(estimator_class, three_digits, init):
     """A barely trained identity-only model, a copy of its network and optimizer."""
@@ -153,3 +163,12 @@ def test_fit_separates_digits_that_share_a_starting_prototype(three_digits):
     assert with_moves.inertia_ < without.inertia_
     purity = [np.bincount(with_moves.labels_[y == d]).max() / (y == d).sum() for d in (0, 3, 4)]
     assert min(purity) > 0.9
+
+
+def test_fit_on_repeated_images_keeps_every_prototype_finite(three_digits):
+    X, _ = three_digits
+    repeated = np.repeat(X[:4], 25, axis=0)  # four distinct images, 25 copies each
+    model = DTIKMeans(3, transforms=["aff"], max_iter=4, batch_size=20, random_state=0)
+    model.fit(repeated)
+    assert np.isfinite(model.prototypes_).all()
+    assert np.isfinite(model.transform(repeated)).all()
