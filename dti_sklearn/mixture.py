@@ -102,7 +102,8 @@ class DTIGaussianMixture(BaseDTI):
     -----
     Besides the paper's recipe (curriculum, learning-rate drop, restart of
     nearly empty clusters), training makes split-and-merge moves: at the end
-    of every epoch before the learning-rate drop, the component that would
+    of an epoch (at most once every 150 gradient steps, and not during the
+    learning-rate drop), the component that would
     lower the objective most if split in two replaces the one whose removal
     costs least, whenever the split gains more than the removal costs.
     This repairs runs in which one component holds two kinds of images while

@@ -156,7 +156,9 @@ def test_fit_separates_digits_that_share_a_starting_prototype(three_digits):
     zero = _mean(X, y, [0])
     init = np.stack([zero, zero + 1e-3, _mean(X, y, [3, 4])])
     params = {"transforms": None, "init": init, "max_iter": 3, "random_state": 0}
-    with_moves = DTIKMeans(3, **params).fit(X)
+    with_moves = DTIKMeans(3, **params)
+    with_moves.split_merge_every = 1  # about 9 steps per epoch here
+    with_moves.fit(X)
     without = DTIKMeans(3, **params)
     without.split_merge_samples = 0
     without.fit(X)
@@ -172,3 +174,19 @@ def test_fit_on_repeated_images_keeps_every_prototype_finite(three_digits):
     model.fit(repeated)
     assert np.isfinite(model.prototypes_).all()
     assert np.isfinite(model.transform(repeated)).all()
+
+
+def test_checks_are_spaced_by_gradient_steps_and_stop_for_the_decay(three_digits, monkeypatch):
+    X, _ = three_digits
+    steps_at_check = []
+
+    def record(self, network, optimizer, *args):
+        state = optimizer.state[network.prototypes]
+        steps_at_check.append(int(state["step"]))
+        return False
+
+    monkeypatch.setattr(DTIKMeans, "_split_and_merge", record)
+    model = DTIKMeans(3, transforms=None, max_iter=20, batch_size=50, random_state=0)
+    model.split_merge_every = 5
+    model.fit(X[:100])  # two steps per epoch; the learning-rate decay starts at epoch 18
+    assert steps_at_check == [6, 12, 18, 24, 30]  # after epochs 2, 5, 8, 11 and 14
