@@ -149,10 +149,15 @@ class BaseDTI(
         """Store the estimator's fitted attributes (hook)."""
 
     def _split_residuals(
-        self, x: torch.Tensor, aligned: torch.Tensor, deviations: torch.Tensor | None,
+        self, residuals: torch.Tensor, deviations: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Residuals whose squared norm is a sample's cost up to constants (hook)."""
-        return x - aligned
+        """Scale ``x - aligned`` so that its squared norm is the cost up to constants (hook).
+
+        Both arguments are ``(n, D)``: each sample's residual against its
+        cluster's aligned prototype and, for the mixture, that prototype's
+        aligned deviations.  K-means costs are squared residuals already.
+        """
+        return residuals
 
     def _after_reassignment(
         self, network: PrototypeNetwork, small: torch.Tensor, largest: int,
@@ -350,19 +355,19 @@ class BaseDTI(
         n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
-        costs, raw, scaled = [], [], []
+        costs, raw, spreads = [], [], []
         for x, n_valid in _inference_chunks(data[sample.to(data.device)]):
             means, deviations = network(x, active)
             chunk_costs = self._costs(network, x, means, deviations)[:n_valid]
             rows = torch.arange(n_valid, device=x.device)
             best = chunk_costs.argmin(1)
-            aligned = means[rows, best]
-            spread = None if deviations is None else deviations[rows, best]
             costs.append(chunk_costs)
-            raw.append((x[:n_valid] - aligned).flatten(1))
-            scaled.append(self._split_residuals(x[:n_valid], aligned, spread).flatten(1))
+            raw.append((x[:n_valid] - means[rows, best]).flatten(1))
+            if deviations is not None:
+                spreads.append(deviations[rows, best].flatten(1))
         network.train()
-        costs, raw, scaled = torch.cat(costs), torch.cat(raw), torch.cat(scaled)
+        costs, raw = torch.cat(costs), torch.cat(raw)
+        scaled = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
         labels = costs.argmin(1)
         removal = removal_costs(costs)
         gains, sides = two_means_splits(scaled.double(), labels, k)

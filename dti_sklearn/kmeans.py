@@ -98,9 +98,9 @@ class DTIKMeans(BaseDTI):
     Besides the paper's recipe (curriculum, learning-rate drop, restart of
     nearly empty clusters), training makes split-and-merge moves: at the end
     of an epoch (at most once every 150 gradient steps, and not during the
-    learning-rate drop), the cluster that would
-    lower the objective most if split in two replaces the one whose removal
-    costs least, whenever the split gains more than the removal costs.
+    learning-rate drop), the cluster that would lower the objective most if
+    split in two replaces the one whose removal costs least, whenever the
+    split gains more than the removal costs.
     This repairs runs in which one cluster holds two kinds of images while
     two others share one kind (MNIST-test, five seeds: 92.1 +- 4.8 ACC
     without the moves, 96.1 +- 0.2 with them; see docs/benchmarks.md).

@@ -100,14 +100,9 @@ class DTIGaussianMixture(BaseDTI):
 
     Notes
     -----
-    Besides the paper's recipe (curriculum, learning-rate drop, restart of
-    nearly empty clusters), training makes split-and-merge moves: at the end
-    of an epoch (at most once every 150 gradient steps, and not during the
-    learning-rate drop), the component that would
-    lower the objective most if split in two replaces the one whose removal
-    costs least, whenever the split gains more than the removal costs.
-    This repairs runs in which one component holds two kinds of images while
-    two others share one kind (see docs/benchmarks.md).
+    Training makes the split-and-merge moves described in
+    :class:`DTIKMeans`, judged on this model's costs (minus log-likelihoods);
+    the split component's weight is shared by its two halves.
 
     See Also
     --------
@@ -221,9 +216,9 @@ class DTIGaussianMixture(BaseDTI):
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
 
-    def _split_residuals(self, x, aligned, deviations):
+    def _split_residuals(self, residuals, deviations):
         # The cost's quadratic term: ||(x - mean) / sqrt(2 variance)||^2.
-        return (x - aligned) / (2 * (deviations.pow(2) + self.var_min)).sqrt()
+        return residuals / (2 * (deviations.pow(2) + self.var_min)).sqrt()
 
     def _after_reassignment(self, network: PrototypeNetwork, small, largest) -> None:
         # The largest component's weight is shared with its copies.
