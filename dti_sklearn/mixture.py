@@ -44,13 +44,9 @@ class DTIGaussianMixture(BaseDTI):
         Samples per gradient step.
     learning_rate : float, default=1e-3
         Adam's learning rate; a tenth of it for the last 10% of the epochs.
-    n_init : int, default=3
+    n_init : int, default=1
         Independent runs; the one with the lowest final loss (highest
-        likelihood) is kept.  The default is three, not one as for
-        :class:`DTIKMeans`: a single run of the mixture ends in a poor local
-        optimum (two classes in one component, another class split over
-        two) about two times in five on MNIST-test, and its final loss tells
-        such a run from a good one (see Notes).
+        likelihood) is kept.
     init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
         Initial means (see :class:`DTIKMeans`).
     curriculum : "auto" or sequence of int, default="auto"
@@ -108,15 +104,6 @@ class DTIGaussianMixture(BaseDTI):
     :class:`DTIKMeans`, judged on this model's costs (minus log-likelihoods);
     the split component's weight is shared by its two halves.
 
-    Why ``n_init=3``: on MNIST-test, five single runs (seeds 0-4) reached
-    96.0, 83.0, 95.6, 96.0 and 82.9 ACC; each bad run had put two digits in
-    one component and split another digit over two, and ended with a lower
-    likelihood than every good run.  Three changes to the split-and-merge
-    moves (a split gain with refitted variances, no moves before the first
-    transformation, deviations frozen during the identity phase) changed
-    which seeds failed, not how many.  Keeping the most likely of three runs
-    fails only when all three do.  Pass ``n_init=1`` for a third of the time.
-
     See Also
     --------
     DTIKMeans : The hard-assignment counterpart.
@@ -150,7 +137,7 @@ class DTIGaussianMixture(BaseDTI):
         max_iter: int | str = "auto",
         batch_size: int = 64,
         learning_rate: float = 1e-3,
-        n_init: int = 3,
+        n_init: int = 1,
         init="k-means++",
         curriculum="auto",
         image_shape=None,
