@@ -70,6 +70,10 @@ def test_smoke_baselines(bench, tmp_path, capsys):
     assert all(row["n_runs"] == 1 and row["n_failed"] == 0 for row in summary)
     printed = capsys.readouterr().out
     assert "== mnist ==" in printed and "== mnist-color ==" in printed
+    # Hosts of one name can differ 2-fold in speed: the processor goes with the table.
+    environment = results["environment"]
+    assert environment["cpu"] and environment["torch_cpu_capability"]
+    assert f"machine: {environment['cpu']}, {environment['cpu_count']} CPUs" in printed
 
 
 def test_single_run_with_stand_in_dti_model(bench, monkeypatch, tmp_path):
