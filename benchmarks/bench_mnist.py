@@ -485,8 +485,8 @@ def _cpu_model() -> str:
                 key, _, value = line.partition(":")
                 fields.setdefault(key.strip(), value.strip())
     except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name", platform.processor() or platform.machine())
+        pass  # not Linux: platform's guess below
+    name = fields.get("model name") or platform.processor() or platform.machine()
     if "cpu family" in fields:
         name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
     return name
