@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from dti_sklearn._images import validate_images
+from dti_sklearn._torch.standardize import standardize_channels
 
 
 class ImageStandardizer(TransformerMixin, BaseEstimator):
@@ -101,18 +102,11 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         images = validate_images(self, X, image_shape=self.image_shape, reset=False)
-        n, c = images.shape[:2]
-        flat = images.reshape(n, c, -1)
-        flat -= flat.mean(axis=2, keepdims=True)
-        if self.polarity == "auto":
-            extreme = np.take_along_axis(flat, np.abs(flat).argmax(axis=2)[..., None], axis=2)
-            np.multiply(flat, np.where(extreme < 0, -1.0, 1.0).astype(flat.dtype), out=flat)
-        low = flat.min(axis=2, keepdims=True)
-        span = flat.max(axis=2, keepdims=True) - low
-        flat -= low
-        np.divide(flat, span, out=flat, where=span > 0)  # a constant channel is 0 already
+        images = standardize_channels(
+            torch.from_numpy(images), flip_polarity=self.polarity == "auto"
+        ).numpy()
         out = self._layout.to_user(images)
-        return out.reshape(n, -1) if self._layout.flat else out
+        return out.reshape(len(out), -1) if self._layout.flat else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
