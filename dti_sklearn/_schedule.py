@@ -30,7 +30,8 @@ def curriculum_starts(
         ``"auto"``: the identity only for the first ``IDENTITY_PHASE`` of the
         epochs, then the parametric transformations one after the other,
         simplest first (by their ``curriculum_rank``, ties in the given
-        order), evenly over the next ``RAMP_PHASE``.  A sequence gives the
+        order), evenly over the next ``RAMP_PHASE``.  Photometric ones
+        (colour) are on from epoch 0.  A sequence gives the
         start epoch of every transformation explicitly.
     transformations : list of Transformation
         The sequence, in order.
@@ -51,6 +52,9 @@ def curriculum_starts(
             key=lambda i: (transformations[i].curriculum_rank, i),
         )
         starts = [0] * len(transformations)
+        # Photometric ones (colour) are on from the first epoch: they make
+        # that phase colour-blind K-means instead of K-means on the colours.
+        parametric = [i for i in parametric if not transformations[i].photometric]
         for rank, i in enumerate(parametric):
             fraction = IDENTITY_PHASE + RAMP_PHASE * rank / max(len(parametric), 1)
             starts[i] = int(round(fraction * max_iter))

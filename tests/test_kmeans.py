@@ -500,11 +500,12 @@ def test_auto_curriculum(max_iter, names):
     assert all(0 <= s < max_iter for s in starts)
     parametric = [i for i, t in enumerate(transformations) if not isinstance(t, Identity)]
     for i, t in enumerate(transformations):
-        if isinstance(t, Identity):
-            assert starts[i] == 0
-    if parametric:
-        # identity-only phase first: nothing parametric starts before 15% of the epochs
-        assert min(starts[i] for i in parametric) == round(0.15 * max_iter)
+        if isinstance(t, Identity) or t.photometric:
+            assert starts[i] == 0  # colour is on from the start: colour-blind K-means first
+    spatial = [i for i in parametric if not transformations[i].photometric]
+    if spatial:
+        # identity-only phase first: nothing else starts before 15% of the epochs
+        assert min(starts[i] for i in spatial) == round(0.15 * max_iter)
         # everything is on by the middle of training
         assert max(starts) <= 0.5 * max_iter
     # simpler families first: start epochs follow their curriculum rank

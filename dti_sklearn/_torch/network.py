@@ -7,6 +7,7 @@ from torch import nn
 
 from dti_sklearn._torch.encoder import Encoder
 from dti_sklearn._torch.heads import PrototypeHeads
+from dti_sklearn._torch.standardize import standardize_channels
 from dti_sklearn.transforms import Transformation
 from dti_sklearn.transforms.spatial import apply_warps, composable
 
@@ -37,7 +38,19 @@ class PrototypeNetwork(nn.Module):
         Encoder output size.
     hidden : int, default=128
         Hidden units of every head.
+
+    Notes
+    -----
+    When a transformation of the sequence is ``photometric`` (colour), the
+    encoder reads ``2C`` channels: every image and its colour-standardised
+    copy (:func:`~dti_sklearn._torch.standardize.standardize_channels`).
+    The copy gives the spatial heads the same input whatever the colours;
+    the image itself gives the colour heads the colours to predict.
     """
+
+    #: Whether the encoder also reads a colour-standardised copy of the
+    #: images (set from the sequence; False for networks pickled before it).
+    standardized_copy: bool = False
 
     def __init__(
         self,
@@ -60,7 +73,9 @@ class PrototypeNetwork(nn.Module):
         self.mixing_logits = (
             nn.Parameter(torch.zeros(n_prototypes)) if mixing_logits else None
         )
-        self.encoder = Encoder(n_channels, (height, width), encoder_width, n_features)
+        self.standardized_copy = any(t.photometric for t in self.transformations)
+        encoder_channels = 2 * n_channels if self.standardized_copy else n_channels
+        self.encoder = Encoder(encoder_channels, (height, width), encoder_width, n_features)
         n_parameters = [t.n_parameters(n_channels) for t in self.transformations]
         self.heads = PrototypeHeads(n_prototypes, n_features, n_parameters, hidden)
         for m, t in enumerate(self.transformations):
@@ -125,6 +140,8 @@ class PrototypeNetwork(nn.Module):
         active = self._active(active)
         if not active:
             return []
+        if self.standardized_copy:
+            images = torch.cat([images, standardize_channels(images)], dim=1)
         params = self.heads(self.encoder(images), active)
         return [beta + getattr(self, f"identity_{m}") for m, beta in zip(active, params)]
 

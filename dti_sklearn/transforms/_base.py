@@ -79,6 +79,14 @@ class Transformation(BaseEstimator):
     #: first (colour 0, affine 1, projective 2, morphological 3, thin-plate
     #: spline 4; your own come last unless you set it).
     curriculum_rank: ClassVar[float] = 10.0
+    #: Whether the transformation changes the colours of whole channels (the
+    #: per-channel gain and offset of :class:`~dti_sklearn.transforms.Color`).
+    #: A sequence holding one is fitted colour-blind from the start: such a
+    #: transformation is on from the first epoch under ``curriculum="auto"``,
+    #: the starting prototypes are picked among colour-standardised images,
+    #: and the predictor's encoder sees a colour-standardised copy of every
+    #: image beside the image itself.
+    photometric: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -14,6 +14,14 @@ class Color(Transformation):
     parameters give the identity.  Applied to the means only in
     :class:`~dti_sklearn.DTIGaussianMixture`.
 
+    It is ``photometric``: when it is in the sequence, the estimators switch
+    it on from the first epoch (under ``curriculum="auto"``; a first phase
+    of plain K-means on coloured images would cluster the colours), pick the
+    starting prototypes among colour-standardised images (see
+    :class:`~dti_sklearn.preprocessing.ImageStandardizer`) and show the
+    encoder a colour-standardised copy of every image beside the image
+    itself, so that the spatial heads need not learn colour invariance.
+
     Examples
     --------
     >>> import torch
@@ -26,6 +34,7 @@ class Color(Transformation):
     name = "color"
     aliases = ("col", "colour")
     curriculum_rank = 0
+    photometric = True
 
     def n_parameters(self, n_channels: int) -> int:
         """Return ``2 * n_channels``."""

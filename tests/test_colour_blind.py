@@ -1,0 +1,158 @@
+"""Tests of the colour-blind fitting that a photometric transformation (colour) turns on.
+
+With ``Color`` in the sequence the estimators standardise the colours of the
+starting prototypes, switch the colour transformation on from the first epoch
+and show the encoder a colour-standardised copy of every image.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from dti_sklearn import DTIGaussianMixture, DTIKMeans
+from dti_sklearn._images import validate_images
+from dti_sklearn._torch.network import PrototypeNetwork
+from dti_sklearn._torch.standardize import standardize_channels
+from dti_sklearn.transforms import Affine, Color, Identity, make_transformations
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    images=arrays(np.float32, (2, 3, 5, 5), elements=st.floats(0, 1, width=32)),
+    gains=arrays(np.float32, (1, 3, 1, 1), elements=st.floats(0.25, 3, width=32)),
+    signs=arrays(np.float32, (1, 3, 1, 1), elements=st.sampled_from([-1.0, 1.0])),
+    offsets=arrays(np.float32, (1, 3, 1, 1), elements=st.floats(-1, 1, width=32)),
+)
+def test_standardisation_removes_any_gain_and_offset(images, gains, signs, offsets):
+    x = torch.from_numpy(images)
+    # a distinct extreme per channel, so that polarity is well defined
+    x[:, :, 0, 0] = 2.0
+    recoloured = x * torch.from_numpy(gains * signs) + torch.from_numpy(offsets)
+    before = x.clone()
+    out = standardize_channels(x)
+    assert torch.equal(x, before)  # the input is not modified
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.allclose(out, standardize_channels(recoloured), atol=1e-4)
+
+
+def test_standardisation_keeps_polarity_when_asked_and_zeroes_constant_channels():
+    x = torch.zeros(1, 2, 3, 3)
+    x[0, 0, 1, 1] = 1.0  # one bright pixel on a dark channel
+    x[0, 1] = 0.7  # a constant channel
+    flipped = standardize_channels(-x, flip_polarity=True)
+    kept = standardize_channels(-x, flip_polarity=False)
+    assert flipped[0, 0, 1, 1] == 1 and flipped[0, 0].sum() == 1
+    assert kept[0, 0, 1, 1] == 0 and kept[0, 0].sum() == 8
+    assert not flipped[0, 1].any() and not kept[0, 1].any()
+
+
+def test_only_a_photometric_sequence_gives_the_encoder_a_standardised_copy():
+    prototypes = torch.rand(2, 3, 8, 8)
+    coloured = PrototypeNetwork(prototypes, [Color(), Affine()])
+    plain = PrototypeNetwork(prototypes, [Affine()])
+    assert coloured.standardized_copy and not plain.standardized_copy
+    assert coloured.encoder.features[0][0].in_channels == 6
+    assert plain.encoder.features[0][0].in_channels == 3
+    # still exactly the identity at initialisation
+    images = torch.rand(4, 3, 8, 8)
+    means, _ = coloured(images)
+    assert torch.equal(means, prototypes.unsqueeze(0).expand(4, -1, -1, -1, -1))
+
+
+def test_the_standardised_copy_reaches_the_heads():
+    torch.manual_seed(0)
+    network = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(), Affine()])
+    torch.nn.init.normal_(network.heads.out_weight[1])  # affine heads now react to features
+    images = torch.rand(3, 3, 8, 8)
+    # the same image recoloured: only the raw half of the encoder input changes
+    recoloured = 0.5 - 0.3 * images
+    raw_weight = network.encoder.features[0][0].weight[:, :3]
+    with torch.no_grad():
+        raw_weight.zero_()  # encoder blind to the raw colours, sees only the copy
+    same = network.predict_parameters(images)[1]
+    other = network.predict_parameters(recoloured)[1]
+    assert torch.allclose(same, other, atol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_colour_blind_starting_prototypes_are_standardised_samples(init):
+    rng = np.random.default_rng(0)
+    est = DTIKMeans(4, transforms=["col", "aff"], init=init)
+    raw = rng.random((20, 6, 6, 3), dtype=np.float32)
+    images = validate_images(est, raw, image_shape=None, reset=True)
+    centres = est._initial_centres(images, seed=0, colour_blind=True)
+    standardised = standardize_channels(torch.from_numpy(images)).numpy()
+    for centre in centres:
+        assert np.abs(standardised - centre).reshape(20, -1).max(axis=1).min() < 1e-6
+    grey = est._initial_centres(images, seed=0, colour_blind=False)
+    for centre in grey:
+        assert np.abs(images - centre).reshape(20, -1).max(axis=1).min() < 1e-6
+
+
+def test_auto_curriculum_puts_colour_on_from_the_first_epoch():
+    from dti_sklearn._schedule import curriculum_starts
+
+    starts = curriculum_starts("auto", make_transformations(["col", "aff", "mor"]), 20)
+    assert starts == [0, 3, 6]
+    assert curriculum_starts("auto", [Identity(), Affine()], 20) == [0, 3]
+
+
+@pytest.mark.parametrize("cls", [DTIKMeans, DTIGaussianMixture])
+def test_colour_fits_leave_the_callers_array_and_give_finite_attributes(cls):
+    rng = np.random.default_rng(1)
+    images = rng.random((40, 8, 8, 3), dtype=np.float32)
+    before = images.copy()
+    est = cls(3, transforms=["col", "aff"], max_iter=2, batch_size=16, random_state=0)
+    est.fit(images)
+    np.testing.assert_array_equal(images, before)
+    assert np.isfinite(est.prototypes_).all()
+    assert est.network_.standardized_copy
+
+
+@pytest.mark.parametrize(
+    ("n_samples", "grey", "colour"),
+    [(10_000, 20, 58), (1_797, 104, 200), (100, 200, 200), (1_000_000, 20, 20)],
+)
+def test_auto_epochs_triple_the_step_budget_with_a_colour_transformation(
+    n_samples, grey, colour
+):
+    from dti_sklearn._base import _auto_epochs
+
+    assert _auto_epochs("auto", n_samples, 64) == grey
+    assert _auto_epochs("auto", n_samples, 64, photometric=True) == colour
+    assert _auto_epochs(7, n_samples, 64, photometric=True) == 7
+
+
+def test_a_colour_fit_resolves_auto_to_the_larger_budget(monkeypatch):
+    from dti_sklearn import _base
+
+    monkeypatch.setattr(_base, "AUTO_STEPS", 20)  # one step per epoch below: 20 or 60 epochs
+    rng = np.random.default_rng(2)
+    images = rng.random((30, 6, 6, 3), dtype=np.float32)
+    grey = DTIKMeans(2, transforms=["aff"], batch_size=30, random_state=0).fit(images)
+    colour = DTIKMeans(2, transforms=["col"], batch_size=30, random_state=0).fit(images)
+    assert grey.n_iter_ == 20 and len(grey.loss_curve_) == 20
+    assert colour.n_iter_ == 60 and len(colour.loss_curve_) == 60
+
+
+def test_colour_module_clusters_coloured_digits_by_shape():
+    """Digits in random foreground and background colours: the clusters follow the digits.
+
+    Measured on this data (seed 0, 60 epochs): 0.53 accuracy with the colour-blind
+    fitting, 0.25 without it (colour heads behind an identity phase on the colours,
+    prototypes started from coloured samples, encoder on the raw images only).
+    """
+    from dti_sklearn.datasets import load_digits_images, make_mnist_color
+    from dti_sklearn.metrics import cluster_accuracy
+
+    images, labels = load_digits_images()
+    coloured = make_mnist_color(images, random_state=0)
+    est = DTIKMeans(10, transforms=["col", "aff"], max_iter=60, random_state=0)
+    assert cluster_accuracy(labels, est.fit_predict(coloured)) > 0.4
