@@ -124,6 +124,9 @@ class BaseDTI(
     def _n_clusters(self) -> int:
         """Number of clusters K (hook)."""
 
+    def _resolve_auto_parameters(self, images: np.ndarray) -> None:
+        """Set the fitted values of parameters given as ``"auto"`` (hook)."""
+
     def _network_kwargs(self, data: torch.Tensor, centres: torch.Tensor) -> dict:
         """Extra keyword arguments of :class:`PrototypeNetwork` (hook)."""
         return {}
@@ -187,6 +190,7 @@ class BaseDTI(
         n_samples, k = images.shape[0], self._n_clusters
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
+        self._resolve_auto_parameters(images)
         transformations = make_transformations(self.transforms)
         photometric = any(t.photometric for t in transformations)
         self._epochs = _auto_epochs(self.max_iter, n_samples, self.batch_size, photometric)

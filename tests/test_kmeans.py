@@ -287,6 +287,7 @@ def test_training_gradients_do_not_depend_on_thread_scheduling(estimator):
     prototypes had a backward that accumulates in a thread-dependent order.)"""
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(64, 1, 28, 28, generator=generator)
+    estimator._resolve_auto_parameters(x.numpy())  # as fit does (the mixture's var_min)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         centres = x[:K].clone()

@@ -103,7 +103,7 @@ def test_information_criteria(fitted, digits):
 
 def test_variances_and_weights(fitted):
     assert fitted.variances_.shape == (K, H, W)
-    assert (fitted.variances_ >= fitted.var_min).all()
+    assert (fitted.variances_ >= fitted.var_min_).all()
     assert fitted.weights_.shape == (K,)
     assert (fitted.weights_ > 0).all()
     assert fitted.weights_.sum() == pytest.approx(1.0, abs=1e-9)
@@ -121,9 +121,37 @@ def test_fitted_attributes_are_finite(fitted):
 
 def test_larger_var_min_floors_the_variances(digits):
     model = DTIGaussianMixture(K, transforms=None, var_min=0.5, **FAST).fit(digits)
+    assert model.var_min_ == 0.5
     assert (model.variances_ >= 0.5).all()
     with pytest.raises(ValueError, match="var_min"):
         DTIGaussianMixture(K, var_min=0.0, **FAST).fit(digits)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((8, 8), 0.0625), ((14, 14), 0.0625), ((28, 28), 0.25), ((28, 28, 1), 0.25),
+     ((14, 14, 4), 0.25), ((56, 56), 1.0)],
+)
+def test_auto_var_min_is_the_papers_floor_then_proportional_to_the_values(shape, expected):
+    images = np.random.default_rng(0).random((12, *shape), dtype=np.float32)
+    model = DTIGaussianMixture(2, transforms=None, max_iter=1, random_state=0).fit(images)
+    assert model.var_min == "auto"
+    assert model.var_min_ == pytest.approx(expected)
+    assert (model.variances_ >= model.var_min_).all()
+    # the floor really is the one in the likelihood: a lower one scores differently
+    fixed = DTIGaussianMixture(
+        2, transforms=None, max_iter=1, random_state=0, var_min=model.var_min_
+    ).fit(images)
+    assert fixed.score(images) == pytest.approx(model.score(images), rel=1e-6)
+    lower = DTIGaussianMixture(2, transforms=None, max_iter=1, random_state=0, var_min=0.01)
+    assert lower.fit(images).score(images) != pytest.approx(model.score(images), rel=1e-3)
+
+
+def test_a_mixture_pickled_with_a_float_var_min_and_no_var_min_still_predicts(digits):
+    model = DTIGaussianMixture(K, transforms=None, var_min=0.3, **FAST).fit(digits)
+    expected = model.score_samples(digits[:5])
+    del model.var_min_  # as in estimators saved before the attribute existed
+    np.testing.assert_allclose(model.score_samples(digits[:5]), expected)
 
 
 # -------------------------------------------------------- vs scikit-learn
@@ -280,7 +308,7 @@ def _em_and_marginal_gradients(estimator, digits):
     loss, assigned = estimator._batch_loss(em_net, x, active)
     loss.backward()
     means, stds = ref_net(x, active)
-    variances = stds.pow(2) + estimator.var_min
+    variances = stds.pow(2) + estimator.var_min_
     log_normal = -0.5 * (
         (x.unsqueeze(1) - means).pow(2) / variances + variances.log() + math.log(2 * math.pi)
     ).flatten(2).sum(2)
