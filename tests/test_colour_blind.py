@@ -156,3 +156,16 @@ def test_colour_module_clusters_coloured_digits_by_shape():
     coloured = make_mnist_color(images, random_state=0)
     est = DTIKMeans(10, transforms=["col", "aff"], max_iter=60, random_state=0)
     assert cluster_accuracy(labels, est.fit_predict(coloured)) > 0.4
+
+
+def test_a_pickled_colour_model_predicts_the_same():
+    import pickle
+
+    rng = np.random.default_rng(3)
+    images = rng.random((40, 8, 8, 3), dtype=np.float32)
+    est = DTIKMeans(3, transforms=["col", "aff"], max_iter=2, batch_size=16, random_state=0)
+    est.fit(images)
+    loaded = pickle.loads(pickle.dumps(est))
+    assert loaded.network_.standardized_copy
+    np.testing.assert_array_equal(loaded.predict(images), est.predict(images))
+    np.testing.assert_allclose(loaded.transform(images), est.transform(images))
