@@ -76,6 +76,7 @@ def test_the_standardised_copy_reaches_the_heads():
     raw_weight = network.encoder.features[0][0].weight[:, :3]
     with torch.no_grad():
         raw_weight.zero_()  # encoder blind to the raw colours, sees only the copy
+        network.encoder.project[1].weight[:, -12:] = 0  # and to their statistics
     same = network.predict_parameters(images)[1]
     other = network.predict_parameters(recoloured)[1]
     assert torch.allclose(same, other, atol=1e-5)
@@ -169,3 +170,23 @@ def test_a_pickled_colour_model_predicts_the_same():
     assert loaded.network_.standardized_copy
     np.testing.assert_array_equal(loaded.predict(images), est.predict(images))
     np.testing.assert_allclose(loaded.transform(images), est.transform(images))
+
+
+def test_the_encoder_gives_absolute_colour_levels_to_the_heads():
+    from dti_sklearn._torch.encoder import Encoder
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 6, 8, 8)
+    brighter = images.clone()
+    brighter[:, :3] += 0.3  # the raw half only
+    for statistics_channels, differs in ((0, False), (3, True)):
+        encoder = Encoder(6, (8, 8), statistics_channels=statistics_channels)
+        with torch.no_grad():
+            encoder.features[0][0].weight.zero_()  # convolutions blind to every level
+        same = torch.allclose(encoder(images), encoder(brighter), atol=1e-6)
+        assert same is not differs
+    network = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(), Affine()])
+    assert network.encoder.statistics_channels == 3
+    assert PrototypeNetwork(torch.rand(2, 3, 8, 8), [Affine()]).encoder.statistics_channels == 0
+    one_pixel = Encoder(2, (1, 1), statistics_channels=1)(torch.rand(4, 2, 1, 1))
+    assert torch.isfinite(one_pixel).all()  # the standard deviation of one value is 0, not NaN

@@ -40,11 +40,16 @@ class Encoder(nn.Module):
         Channels of the stem; doubled at every stride-2 stage, at most 128.
     n_features : int, default=128
         Size of the output feature vector.
+    statistics_channels : int, default=0
+        How many of the first input channels also give the projection their
+        per-image mean, minimum, maximum and standard deviation.  GroupNorm
+        removes absolute levels from the convolutional features; colour
+        heads need them.
     """
 
     def __init__(
         self, n_channels: int, image_size: tuple[int, int], width: int = 16,
-        n_features: int = 128,
+        n_features: int = 128, statistics_channels: int = 0,
     ) -> None:
         super().__init__()
         height, wide = image_size
@@ -67,13 +72,25 @@ class Encoder(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool_size = (min(height, 4), min(wide, 4))
         self.pool = nn.AdaptiveAvgPool2d(self.pool_size)
+        self.statistics_channels = statistics_channels
+        pooled = channels * self.pool_size[0] * self.pool_size[1]
         self.project = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels * self.pool_size[0] * self.pool_size[1], n_features),
+            nn.Linear(pooled + 4 * statistics_channels, n_features),
             nn.ReLU(inplace=True),
         )
         self.n_features = n_features
 
+    #: Default for encoders pickled before the attribute existed.
+    statistics_channels: int = 0
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode a batch of images."""
-        return self.project(self.pool(self.features(images)))
+        features = self.pool(self.features(images))
+        if self.statistics_channels:
+            values = images[:, : self.statistics_channels].flatten(2)
+            statistics = [
+                values.mean(2), values.amin(2), values.amax(2), values.std(2, correction=0),
+            ]
+            features = torch.cat([features.flatten(1), *statistics], dim=1)
+        return self.project(features)

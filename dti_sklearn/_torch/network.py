@@ -45,7 +45,9 @@ class PrototypeNetwork(nn.Module):
     encoder reads ``2C`` channels: every image and its colour-standardised
     copy (:func:`~dti_sklearn._torch.standardize.standardize_channels`).
     The copy gives the spatial heads the same input whatever the colours;
-    the image itself gives the colour heads the colours to predict.
+    the image itself, and its per-channel mean, minimum, maximum and
+    standard deviation given to the encoder's projection, give the colour
+    heads the colours to predict.
     """
 
     #: Whether the encoder also reads a colour-standardised copy of the
@@ -75,7 +77,10 @@ class PrototypeNetwork(nn.Module):
         )
         self.standardized_copy = any(t.photometric for t in self.transformations)
         encoder_channels = 2 * n_channels if self.standardized_copy else n_channels
-        self.encoder = Encoder(encoder_channels, (height, width), encoder_width, n_features)
+        self.encoder = Encoder(
+            encoder_channels, (height, width), encoder_width, n_features,
+            statistics_channels=n_channels if self.standardized_copy else 0,
+        )
         n_parameters = [t.n_parameters(n_channels) for t in self.transformations]
         self.heads = PrototypeHeads(n_prototypes, n_features, n_parameters, hidden)
         for m, t in enumerate(self.transformations):
