@@ -47,6 +47,7 @@ from dti_sklearn._torch.device import resolve_device
 from dti_sklearn._torch.network import PrototypeNetwork
 from dti_sklearn._torch.standardize import standardize_channels
 from dti_sklearn.transforms import Transformation, make_transformations
+from dti_sklearn.transforms._base import has_photometric
 
 #: Default transformation sequence: the paper's MNIST modules, with the two
 #: warps next to each other so that they share one sampling grid.
@@ -192,8 +193,9 @@ class BaseDTI(
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         self._resolve_auto_parameters(images)
         transformations = make_transformations(self.transforms)
-        photometric = any(t.photometric for t in transformations)
-        self._epochs = _auto_epochs(self.max_iter, n_samples, self.batch_size, photometric)
+        self._epochs = _auto_epochs(
+            self.max_iter, n_samples, self.batch_size, has_photometric(transformations)
+        )
         starts = curriculum_starts(self.curriculum, transformations, self._epochs)
         device = resolve_device(self.device)
         rng = check_random_state(self.random_state)
@@ -258,7 +260,7 @@ class BaseDTI(
         """Train one network from one initialisation."""
         device = data.device
         generator = torch.Generator().manual_seed(seed)
-        colour_blind = any(t.photometric for t in transformations)
+        colour_blind = has_photometric(transformations)
         centres = torch.from_numpy(self._initial_centres(images, seed, colour_blind))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

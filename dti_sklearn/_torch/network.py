@@ -9,6 +9,7 @@ from dti_sklearn._torch.encoder import Encoder
 from dti_sklearn._torch.heads import PrototypeHeads
 from dti_sklearn._torch.standardize import standardize_channels
 from dti_sklearn.transforms import Transformation
+from dti_sklearn.transforms._base import has_photometric
 from dti_sklearn.transforms.spatial import apply_warps, composable
 
 
@@ -75,7 +76,7 @@ class PrototypeNetwork(nn.Module):
         self.mixing_logits = (
             nn.Parameter(torch.zeros(n_prototypes)) if mixing_logits else None
         )
-        self.standardized_copy = any(t.photometric for t in self.transformations)
+        self.standardized_copy = has_photometric(self.transformations)
         encoder_channels = 2 * n_channels if self.standardized_copy else n_channels
         self.encoder = Encoder(
             encoder_channels, (height, width), encoder_width, n_features,

@@ -43,6 +43,6 @@ def standardize_channels(images: torch.Tensor, flip_polarity: bool = True) -> to
         centred = torch.where(extreme < 0, -centred, centred)
     low = centred.amin(dim=2, keepdim=True)
     span = centred.amax(dim=2, keepdim=True) - low
-    shifted = centred - low
-    out = torch.where(span > 0, shifted / torch.where(span > 0, span, 1.0), 0.0)
+    # A constant channel has span 0 and is all zeros once shifted: divide it by 1.
+    out = (centred - low) / torch.where(span > 0, span, 1.0)
     return out.view_as(images)

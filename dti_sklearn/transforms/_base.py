@@ -138,6 +138,20 @@ class Transformation(BaseEstimator):
         raise NotImplementedError
 
 
+def has_photometric(transformations: Iterable[Transformation]) -> bool:
+    """Whether a sequence holds a photometric transformation (it is then fitted colour-blind).
+
+    Parameters
+    ----------
+    transformations : iterable of Transformation
+
+    Returns
+    -------
+    bool
+    """
+    return any(t.photometric for t in transformations)
+
+
 def available_transformations() -> list[str]:
     """Names accepted in the ``transforms`` parameter of the estimators.
 
