@@ -271,6 +271,7 @@ class BaseDTI(
         n_samples, k = data.shape[0], self._n_clusters
         batch_size = min(self.batch_size, n_samples)
         counts = torch.zeros(k, device=device)
+        ones = torch.ones(batch_size + 1, device=device)  # a batch may hold one more
         loss_curve: list[float] = []
         iteration = last_check = 0
         epochs = tqdm(
@@ -286,12 +287,11 @@ class BaseDTI(
             total = torch.zeros((), device=device)
             for batch in _batches(order, batch_size):
                 x = data[batch]
-                loss, assigned = self._batch_loss(network, x, active)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(batch)
-                counts += torch.bincount(assigned, minlength=k)
+                loss, assigned = self._train_step(network, optimizer, x, active)
+                total += loss * len(batch)
+                # index_add_ instead of bincount: on CUDA bincount reads the
+                # largest label back to the host, a synchronisation per step.
+                counts.index_add_(0, assigned, ones[: assigned.shape[0]])
                 iteration += 1
                 if iteration % self.reassign_every == 0:
                     self._reassign_empty(network, optimizer, counts, generator)
@@ -311,6 +311,21 @@ class BaseDTI(
         network.eval()
         costs = self._compute_costs(data, network)
         return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
+
+    def _train_step(
+        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
+        x: torch.Tensor, active: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One gradient step on a batch: the detached loss and each sample's cluster.
+
+        Nothing in it reads a value back to the host, so on a GPU the steps
+        of an epoch are queued without waiting for one another.
+        """
+        loss, assigned = self._batch_loss(network, x, active)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), assigned
 
     def _make_optimizer(self, network: PrototypeNetwork) -> torch.optim.Optimizer:
         """Adam; weight decay on the predictor only, never on the prototypes."""

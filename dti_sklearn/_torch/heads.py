@@ -51,6 +51,20 @@ class PrototypeHeads(nn.Module):
             [nn.Parameter(torch.zeros(n_prototypes, p)) for p in n_parameters]
         )
 
+    def _active_hidden(self, active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden-layer weights and biases of the active heads.
+
+        Selected by slicing (or stacking slices), never through an index
+        tensor: building one from the list on a CUDA device is a host copy
+        that waits for the device, once per step.
+        """
+        first, last = active[0], active[-1]
+        if active == list(range(first, last + 1)):
+            return (self.hidden_weight[:, first:last + 1],
+                    self.hidden_bias[:, first:last + 1])
+        return (torch.stack([self.hidden_weight[:, m] for m in active], dim=1),
+                torch.stack([self.hidden_bias[:, m] for m in active], dim=1))
+
     def forward(self, features: torch.Tensor, active: list[int]) -> list[torch.Tensor]:
         """Predict parameters for the active transformations.
 
@@ -67,11 +81,10 @@ class PrototypeHeads(nn.Module):
         """
         if not active:
             return []
-        index = torch.as_tensor(active, device=features.device)
-        weight = self.hidden_weight.index_select(1, index)  # (K, A, F, H)
+        weight, bias = self._active_hidden(active)  # (K, A, F, H), (K, A, H)
         k, a, f, h = weight.shape
         flat = weight.permute(2, 0, 1, 3).reshape(f, k * a * h)
-        bias = self.hidden_bias.index_select(1, index).reshape(k * a * h)
+        bias = bias.reshape(k * a * h)
         hidden = torch.relu(torch.addmm(bias, features, flat)).view(-1, k, a, h)
         outputs = []
         for slot, m in enumerate(active):

@@ -61,8 +61,10 @@ class Morphological(Transformation):
         n, c, height, width = images.shape
         k = self.kernel_size
         sharpness = params[:, :1].view(n, 1, 1, 1)
-        delta = torch.zeros(k * k, dtype=params.dtype, device=params.device)
-        delta[k * k // 2] = 1.0
+        # The centre tap as a comparison, not an indexed write: writing a
+        # Python number into a CUDA tensor copies it from the host and waits.
+        centre = torch.arange(k * k, device=params.device) == k * k // 2
+        delta = centre.to(params.dtype)
         weights = (params[:, 1:] + delta).clamp(min=0).view(n, 1, 1, k, k)
 
         logits = sharpness * images
