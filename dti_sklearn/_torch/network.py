@@ -54,6 +54,10 @@ class PrototypeNetwork(nn.Module):
     #: Whether the encoder also reads a colour-standardised copy of the
     #: images (set from the sequence; False for networks pickled before it).
     standardized_copy: bool = False
+    #: Lower precision (``torch.bfloat16``) for the encoder's convolutions
+    #: under :func:`torch.autocast`, or None for float32 throughout.  The
+    #: heads, the transformations and the loss stay in float32.
+    encoder_autocast: torch.dtype | None = None
 
     def __init__(
         self,
@@ -148,8 +152,16 @@ class PrototypeNetwork(nn.Module):
             return []
         if self.standardized_copy:
             images = torch.cat([images, standardize_channels(images)], dim=1)
-        params = self.heads(self.encoder(images), active)
+        params = self.heads(self._encode(images), active)
         return [beta + getattr(self, f"identity_{m}") for m, beta in zip(active, params)]
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        """The encoder's features, in float32 whatever ``encoder_autocast``."""
+        if self.encoder_autocast is None:
+            return self.encoder(images)
+        with torch.autocast(images.device.type, dtype=self.encoder_autocast):
+            features = self.encoder(images)
+        return features.float()
 
     def align(
         self,
