@@ -43,9 +43,8 @@ class DTIGaussianMixture(BaseDTI):
         The transformations applied to a component, in order (see
         :class:`DTIKMeans`).
     max_iter : int or "auto", default="auto"
-        Number of epochs; ``"auto"`` aims for 3,000 gradient steps (three
-        times as many with a colour transformation), within 20 to 200 epochs
-        (see :class:`DTIKMeans`).
+        Number of epochs; ``"auto"`` aims for 9,000 gradient steps, within
+        20 to 200 epochs (see :class:`DTIKMeans`).
     batch_size : int, default=64
         Samples per gradient step.
     learning_rate : float, default=1e-3

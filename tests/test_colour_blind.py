@@ -118,29 +118,24 @@ def test_colour_fits_leave_the_callers_array_and_give_finite_attributes(cls):
 
 
 @pytest.mark.parametrize(
-    ("n_samples", "grey", "colour"),
-    [(10_000, 20, 58), (1_797, 104, 200), (100, 200, 200), (1_000_000, 20, 20)],
+    ("n_samples", "epochs"), [(10_000, 58), (1_797, 200), (100, 200), (1_000_000, 20)],
 )
-def test_auto_epochs_triple_the_step_budget_with_a_colour_transformation(
-    n_samples, grey, colour
-):
+def test_auto_epochs_aim_for_the_step_budget_within_the_bounds(n_samples, epochs):
     from dti_sklearn._base import _auto_epochs
 
-    assert _auto_epochs("auto", n_samples, 64) == grey
-    assert _auto_epochs("auto", n_samples, 64, photometric=True) == colour
-    assert _auto_epochs(7, n_samples, 64, photometric=True) == 7
+    assert _auto_epochs("auto", n_samples, 64) == epochs
+    assert _auto_epochs(7, n_samples, 64) == 7
 
 
-def test_a_colour_fit_resolves_auto_to_the_larger_budget(monkeypatch):
+def test_a_fit_resolves_auto_to_the_step_budget(monkeypatch):
     from dti_sklearn import _base
 
-    monkeypatch.setattr(_base, "AUTO_STEPS", 20)  # one step per epoch below: 20 or 60 epochs
+    monkeypatch.setattr(_base, "AUTO_STEPS", 25)  # one step per epoch below
     rng = np.random.default_rng(2)
     images = rng.random((30, 6, 6, 3), dtype=np.float32)
-    grey = DTIKMeans(2, transforms=["aff"], batch_size=30, random_state=0).fit(images)
-    colour = DTIKMeans(2, transforms=["col"], batch_size=30, random_state=0).fit(images)
-    assert grey.n_iter_ == 20 and len(grey.loss_curve_) == 20
-    assert colour.n_iter_ == 60 and len(colour.loss_curve_) == 60
+    for transforms in (["aff"], ["col"]):
+        model = DTIKMeans(2, transforms=transforms, batch_size=30, random_state=0).fit(images)
+        assert model.n_iter_ == 25 and len(model.loss_curve_) == 25
 
 
 def test_colour_module_clusters_coloured_digits_by_shape():
