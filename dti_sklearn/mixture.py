@@ -12,7 +12,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from dti_sklearn._base import DEFAULT_TRANSFORMS, BaseDTI
 from dti_sklearn._torch.network import PrototypeNetwork
-from dti_sklearn.transforms._base import has_photometric
 
 _LOG_2PI = math.log(2 * math.pi)
 #: The paper's variance floor, ``var_min="auto"``'s smallest value.
@@ -185,9 +184,9 @@ class DTIGaussianMixture(BaseDTI):
     #: Components per sample whose densities are back-propagated through.
     gradient_components = 2
     #: Gradient steps of ``max_iter="auto"`` without a colour transformation:
-    #: 3,000 (20 epochs of MNIST-test).  With the 9,000 of DTIKMeans, one run of
-    #: five on MNIST-test put two digits in one component (seed 1, 83.4 ACC) and
-    #: the mean fell to 93.6, against 95.9 with every run good at 3,000.
+    #: 3,000 (20 epochs of MNIST-test).  With 9,000, one run of five on
+    #: MNIST-test put two digits in one component (seed 1, 83.4 ACC) and the
+    #: mean fell to 93.6, against 95.9 with every run good at 3,000.
     auto_steps = 3000
 
     @property
@@ -200,13 +199,6 @@ class DTIGaussianMixture(BaseDTI):
             self.var_min_ = max(PAPER_VAR_MIN, images[0].size / AUTO_VAR_MIN_DIVISOR)
         else:
             self.var_min_ = float(self.var_min)
-
-    def _auto_steps(self, transformations):
-        # A colour sequence keeps the base's 9,000 steps: its heads learn
-        # every image's colours besides its pose.
-        if has_photometric(transformations):
-            return BaseDTI.auto_steps
-        return self.auto_steps
 
     @property
     def _variance_floor(self) -> float:

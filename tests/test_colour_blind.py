@@ -118,30 +118,35 @@ def test_colour_fits_leave_the_callers_array_and_give_finite_attributes(cls):
 
 
 @pytest.mark.parametrize(
-    ("n_samples", "epochs", "mixture"),
-    [(10_000, 58, 20), (1_797, 200, 104), (100, 200, 200), (1_000_000, 20, 20)],
+    ("n_samples", "kmeans", "mixture", "colour"),
+    [(10_000, 96, 20, 58), (1_797, 200, 104, 200), (100, 200, 200, 200),
+     (1_000_000, 20, 20, 20)],
 )
-def test_auto_epochs_aim_for_the_step_budget_within_the_bounds(n_samples, epochs, mixture):
-    from dti_sklearn._base import _auto_epochs
+def test_auto_epochs_aim_for_the_step_budget_within_the_bounds(
+    n_samples, kmeans, mixture, colour
+):
+    from dti_sklearn._base import PHOTOMETRIC_AUTO_STEPS, _auto_epochs
 
-    assert _auto_epochs("auto", n_samples, 64) == epochs
+    assert _auto_epochs("auto", n_samples, 64, DTIKMeans.auto_steps) == kmeans
     assert _auto_epochs("auto", n_samples, 64, DTIGaussianMixture.auto_steps) == mixture
+    assert _auto_epochs("auto", n_samples, 64, PHOTOMETRIC_AUTO_STEPS) == colour
     assert _auto_epochs(7, n_samples, 64) == 7
 
 
 @pytest.mark.parametrize(
-    ("cls", "grey", "colour"), [(DTIKMeans, 30, 30), (DTIGaussianMixture, 10, 30)],
+    ("cls", "grey"), [(DTIKMeans, 30), (DTIGaussianMixture, 10)],
 )
-def test_a_fit_resolves_auto_to_its_step_budget(cls, grey, colour, monkeypatch):
-    from dti_sklearn._base import BaseDTI
+def test_a_fit_resolves_auto_to_its_step_budget(cls, grey, monkeypatch):
+    from dti_sklearn import _base
 
-    # one step per epoch below; the mixture's grey budget is a third of the base's
-    monkeypatch.setattr(BaseDTI, "auto_steps", 30)
+    # one step per epoch below
+    monkeypatch.setattr(_base.BaseDTI, "auto_steps", 30)
     monkeypatch.setattr(DTIGaussianMixture, "auto_steps", 10)
-    monkeypatch.setattr("dti_sklearn._base.AUTO_EPOCHS", (1, 200))
+    monkeypatch.setattr(_base, "PHOTOMETRIC_AUTO_STEPS", 20)
+    monkeypatch.setattr(_base, "AUTO_EPOCHS", (1, 200))
     rng = np.random.default_rng(2)
     images = rng.random((30, 6, 6, 3), dtype=np.float32)
-    for transforms, epochs in ((["aff"], grey), (["col"], colour)):
+    for transforms, epochs in ((["aff"], grey), (["col", "aff"], 20)):
         model = cls(2, transforms=transforms, batch_size=30, random_state=0).fit(images)
         assert model.n_iter_ == epochs and len(model.loss_curve_) == epochs
 
