@@ -65,11 +65,11 @@ _INFERENCE_BATCH = 128
 
 
 #: Gradient steps that ``max_iter="auto"`` aims for by default, for a sequence
-#: without a colour transformation.  On MNIST-test (host B) DTIKMeans reached
-#: 95.6 +- 1.4 ACC over seeds 0-4 with 3,000 steps (20 epochs) and 96.4 +- 0.5
-#: with 9,000 (58 epochs); seeds 2 and 3, the two weakest at 9,000 (96.0 and
-#: 95.7), gave 96.8 and 96.7 with 15,000 (96 epochs, 206-281 s per fit).
-AUTO_STEPS = 15000
+#: without a colour transformation.  On MNIST-test (host B, seeds 0-4)
+#: DTIKMeans reached 95.6 +- 1.4 ACC with 3,000 steps (20 epochs) and
+#: 96.4 +- 0.5 with 9,000 (58 epochs).  15,000 (96 epochs) lifted seeds 2 and 3
+#: to 96.8 and 96.7 but put two digits in one cluster in seed 1 (85.3).
+AUTO_STEPS = 9000
 #: Gradient steps of ``max_iter="auto"`` with a colour transformation, for
 #: either estimator.  Its steps cost more (three channels, a wider encoder
 #: input): 9,000 steps (58 epochs of MNIST-color) take 4 to 6 minutes on two
@@ -551,7 +551,7 @@ def _auto_epochs(
 ) -> int:
     """Resolve ``max_iter``: ``"auto"`` aims for ``steps`` gradient steps.
 
-    With DTIKMeans's 15,000 steps that is 96 epochs of the 10,000 MNIST-test
+    With DTIKMeans's 9,000 steps that is 58 epochs of the 10,000 MNIST-test
     images at batch size 64, and the 200-epoch ceiling for the 1,797 images
     of scikit-learn's ``load_digits``; never fewer than 20 epochs nor more
     than 200.

@@ -33,9 +33,8 @@ class DTIKMeans(BaseDTI):
         included.  ``None`` means the identity only.
     max_iter : int or "auto", default="auto"
         Number of epochs (passes over the training set), as in
-        ``MLPClassifier``.  ``"auto"`` aims for 15,000 gradient steps (9,000
-        with a colour transformation), within 20 to 200 epochs: 96 epochs for
-        10,000 grey images at batch size 64.
+        ``MLPClassifier``.  ``"auto"`` aims for 9,000 gradient steps, within
+        20 to 200 epochs: 58 epochs for 10,000 images at batch size 64.
     batch_size : int, default=64
         Samples per gradient step.
     learning_rate : float, default=1e-3
