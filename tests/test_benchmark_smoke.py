@@ -148,3 +148,18 @@ def test_standardised_model_is_a_pipeline_without_the_colour_module(bench):
     assert not any(bench._is_color(t) for t in dti.transforms)
     coloured = bench.make_model("dtikmeans", "mnist-color", seed=3)
     assert bench._is_color(coloured.transforms[0])
+
+
+def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
+    """benchmarks/cuda_check.py loads here; without CUDA it stops with a clear message."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "cuda_check", REPO_ROOT / "benchmarks" / "cuda_check.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(module.MODELS) == {"dtikmeans", "dtigmm"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        module.main(["--sync-only"])
