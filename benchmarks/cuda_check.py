@@ -68,18 +68,20 @@ def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2) -> dict:
 
 def fit_once(X, y, model: str, seed: int, precision: str) -> dict:
     """One fit with the defaults on the GPU; timings synchronised with the device."""
-    PrototypeNetwork.encoder_autocast = PRECISIONS[precision]
     torch.cuda.reset_peak_memory_stats()
     est = MODELS[model](10, device="cuda", random_state=seed)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    est.fit(X)
-    torch.cuda.synchronize()
-    fit_time = time.perf_counter() - start
-    start = time.perf_counter()
-    labels = est.predict(X)
-    predict_time = time.perf_counter() - start
-    PrototypeNetwork.encoder_autocast = None
+    PrototypeNetwork.encoder_autocast = PRECISIONS[precision]
+    try:
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        est.fit(X)
+        torch.cuda.synchronize()
+        fit_time = time.perf_counter() - start
+        start = time.perf_counter()
+        labels = est.predict(X)
+        predict_time = time.perf_counter() - start
+    finally:
+        PrototypeNetwork.encoder_autocast = None
     return {
         "model": model, "seed": seed, "precision": precision,
         "acc": cluster_accuracy(y, labels),

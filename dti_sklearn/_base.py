@@ -296,7 +296,6 @@ class BaseDTI(
         n_samples, k = data.shape[0], self._n_clusters
         batch_size = min(self.batch_size, n_samples)
         counts = torch.zeros(k, device=device)
-        ones = torch.ones(batch_size + 1, device=device)  # a batch may hold one more
         loss_curve: list[float] = []
         iteration = last_check = 0
         epochs = tqdm(
@@ -316,7 +315,7 @@ class BaseDTI(
                 total += loss * len(batch)
                 # index_add_ instead of bincount: on CUDA bincount reads the
                 # largest label back to the host, a synchronisation per step.
-                counts.index_add_(0, assigned, ones[: assigned.shape[0]])
+                counts.index_add_(0, assigned, torch.ones_like(assigned, dtype=counts.dtype))
                 iteration += 1
                 if iteration % self.reassign_every == 0:
                     self._reassign_empty(network, optimizer, counts, generator)
