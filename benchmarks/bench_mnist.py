@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=None, help="seconds allowed per run"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process (default 1). With more than "
+        "one, --threads defaults to the CPUs divided by --jobs; the runs then share "
+        "memory bandwidth (and the GPU), so compare their times only with each other",
     )
     parser.add_argument(
         "--smoke",
@@ -362,6 +371,73 @@ def run_in_subprocess(spec: dict, timeout: float | None = None) -> dict:
     return {**ident, "error": f"exit status {proc.returncode}: " + "\n".join(tail)}
 
 
+def threads_per_run(threads: int | None, jobs: int) -> int | None:
+    """Threads of every run: ``threads`` if given, else the CPUs shared by ``jobs`` runs.
+
+    Parameters
+    ----------
+    threads : int or None
+        The ``--threads`` option.
+    jobs : int
+        Runs at a time.
+
+    Returns
+    -------
+    int or None
+        None (the library's own choice) for one run at a time without ``--threads``.
+    """
+    if threads or jobs <= 1:
+        return threads
+    from joblib import cpu_count
+
+    return max(1, cpu_count() // jobs)
+
+
+def _report(record: dict) -> None:
+    """Print one run's outcome on stderr as it finishes."""
+    status = (
+        f"ERROR {record['error'].splitlines()[-1]}"
+        if "error" in record
+        else f"acc={record['acc']:.3f} nmi={record['nmi']:.3f} fit={record['fit_time_s']:.1f}s"
+    )
+    print(
+        f"[{record['dataset']} {record['model']} seed={record['seed']}] {status}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_all(specs: list[dict], jobs: int = 1, timeout: float | None = None) -> list[dict]:
+    """Run every spec in its own process, ``jobs`` at a time; records in the specs' order.
+
+    Parameters
+    ----------
+    specs : list of dict
+        As for :func:`run_single`.
+    jobs : int, default=1
+        Runs at a time.
+    timeout : float or None, default=None
+        Seconds allowed per run.
+
+    Returns
+    -------
+    list of dict
+        One record per spec (see :func:`run_in_subprocess`).
+    """
+    if jobs <= 1:
+        records = []
+        for spec in specs:
+            records.append(run_in_subprocess(spec, timeout=timeout))
+            _report(records[-1])
+        return records
+    # Threads only wait on child processes here; the work runs in the children.
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(run_in_subprocess, spec, timeout) for spec in specs]
+        for future in as_completed(futures):
+            _report(future.result())
+        return [future.result() for future in futures]
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and population standard deviation."""
     return float(np.mean(values)), float(np.std(values))
@@ -560,37 +636,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "max_iter": args.max_iter,
         "dti_params": dti_params,
         "device": args.device,
-        "threads": args.threads,
+        "threads": threads_per_run(args.threads, args.jobs),
+        "jobs": args.jobs,
         "smoke": args.smoke,
     }
-    records = []
-    for dataset in args.datasets:
-        for model in args.models:
-            for seed in args.seeds:
-                spec = {
-                    "dataset": dataset,
-                    "model": model,
-                    "seed": seed,
-                    "data": data,
-                    "n_samples": args.n_samples,
-                    "max_iter": args.max_iter,
-                    "dti_params": dti_params,
-                    "device": args.device,
-                    "threads": args.threads,
-                }
-                record = run_in_subprocess(spec, timeout=args.timeout)
-                status = (
-                    f"ERROR {record['error'].splitlines()[-1]}"
-                    if "error" in record
-                    else f"acc={record['acc']:.3f} nmi={record['nmi']:.3f} "
-                    f"fit={record['fit_time_s']:.1f}s"
-                )
-                print(
-                    f"[{dataset} {model} seed={seed}] {status}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                records.append(record)
+    specs = [
+        {
+            "dataset": dataset,
+            "model": model,
+            "seed": seed,
+            "data": data,
+            "n_samples": args.n_samples,
+            "max_iter": args.max_iter,
+            "dti_params": dti_params,
+            "device": args.device,
+            "threads": config["threads"],
+        }
+        for dataset in args.datasets
+        for model in args.models
+        for seed in args.seeds
+    ]
+    records = run_all(specs, jobs=args.jobs, timeout=args.timeout)
     summary = summarize(records)
     environment = _environment()
     print(

@@ -163,3 +163,38 @@ def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         module.main(["--sync-only"])
+
+
+def test_parallel_runs_keep_the_specs_order(bench, monkeypatch):
+    """``--jobs`` runs specs concurrently and still returns their records in order."""
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake_run(spec, timeout=None):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 * (3 - spec["seed"]))  # later specs finish first
+        with lock:
+            running[0] -= 1
+        return {"dataset": "mnist", "model": "kmeans", "seed": spec["seed"],
+                "acc": 0.5, "nmi": 0.5, "fit_time_s": 1.0}
+
+    monkeypatch.setattr(bench, "run_in_subprocess", fake_run)
+    specs = [{"seed": seed} for seed in range(3)]
+    records = bench.run_all(specs, jobs=3)
+    assert [r["seed"] for r in records] == [0, 1, 2]
+    assert peak[0] > 1
+    assert [r["seed"] for r in bench.run_all(specs, jobs=1)] == [0, 1, 2]
+
+
+def test_parallel_runs_share_the_cpus(bench, monkeypatch):
+    import joblib
+
+    monkeypatch.setattr(joblib, "cpu_count", lambda: 16)
+    assert bench.threads_per_run(None, 4) == 4
+    assert bench.threads_per_run(None, 32) == 1
+    assert bench.threads_per_run(3, 4) == 3  # --threads wins
+    assert bench.threads_per_run(None, 1) is None  # one run: the library decides
