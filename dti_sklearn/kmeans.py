@@ -104,6 +104,12 @@ class DTIKMeans(BaseDTI):
     This repairs runs in which one cluster holds two kinds of images while
     two others share one kind (MNIST-test, five seeds: 92.1 +- 4.8 ACC
     without the moves, 96.1 +- 0.2 with them; see docs/benchmarks.md).
+    Once strong warps are on, they bend one prototype over two kinds of
+    images and that estimate no longer sees the mixture, so once per fit,
+    two epochs after the last transformation is switched on, a move is
+    *tried*: the run is trained ``trial_steps`` (1,200) gradient steps with
+    and without the largest cluster split into the slot of the one cheapest
+    to remove, and the branch with the lower objective is kept.
 
     See Also
     --------

@@ -119,7 +119,7 @@ def test_colour_fits_leave_the_callers_array_and_give_finite_attributes(cls):
 
 @pytest.mark.parametrize(
     ("n_samples", "kmeans", "mixture", "colour"),
-    [(10_000, 58, 20, 58), (1_797, 200, 104, 200), (100, 200, 200, 200),
+    [(10_000, 58, 58, 58), (1_797, 200, 200, 200), (100, 200, 200, 200),
      (1_000_000, 20, 20, 20)],
 )
 def test_auto_epochs_aim_for_the_step_budget_within_the_bounds(

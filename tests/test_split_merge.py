@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 
 from dti_sklearn import DTIGaussianMixture, DTIKMeans
 from dti_sklearn._images import validate_images
+from dti_sklearn._schedule import curriculum_starts, decay_start
 from dti_sklearn._split_merge import removal_costs, two_means_splits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -140,6 +141,35 @@ def test_no_move_when_every_cluster_is_one_digit(estimator_class, three_digits):
         assert torch.equal(value, before[key]), key
 
 
+@pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
+def test_a_forced_move_splits_the_largest_cluster_into_the_cheapest_to_remove(
+    estimator_class, three_digits,
+):
+    # Every cluster is one digit, so the check itself makes no move (test
+    # above); forced, the largest cluster is split into the slot of the one
+    # whose removal costs least, which is what a tried move trains.
+    X, y = three_digits
+    init = np.stack([_mean(X, y, [digit]) for digit in (0, 3, 4)])
+    model, network, optimizer, data = _prepared(estimator_class, three_digits, init)
+    before = model._compute_costs(data, network).argmin(1)
+    sizes = np.bincount(before, minlength=3)
+
+    moved = model._split_and_merge(
+        network, optimizer, data, [0], torch.Generator().manual_seed(0), force=True,
+    )
+
+    assert moved
+    after = model._compute_costs(data, network).argmin(1)
+    largest = int(sizes.argmax())
+    emptied = [c for c in range(3) if c != largest and not np.any(after == c)]
+    grown = np.bincount(after, minlength=3)
+    # The copy took half of the largest cluster; the removed cluster's images went elsewhere.
+    assert emptied == [] and grown[largest] < sizes[largest]
+    changed = [c for c in range(3) if not torch.equal(
+        network.prototypes[c], model.network_.prototypes[c])]
+    assert largest in changed and len(changed) == 2
+
+
 def test_no_move_when_switched_off(three_digits):
     X, y = three_digits
     zero = _mean(X, y, [0])
@@ -190,3 +220,109 @@ def test_checks_are_spaced_by_gradient_steps_and_stop_for_the_decay(three_digits
     model.split_merge_every = 5
     model.fit(X[:100])  # two steps per epoch; the learning-rate decay starts at epoch 18
     assert steps_at_check == [6, 12, 18, 24, 30]  # after epochs 2, 5, 8, 11 and 14
+
+
+# ------------------------------------------------------------- tried moves
+def _spy_trials(monkeypatch, estimator_class):
+    """Record every tried move: its epoch, the snapshots taken and the state it keeps."""
+    import dti_sklearn._base as base
+
+    trials, snapshots = [], []
+    real_take, real_try = base._Snapshot.take.__func__, estimator_class._try_move
+
+    def take(cls, network, *args):
+        snapshot = real_take(cls, network, *args)
+        snapshots.append(snapshot)
+        return snapshot
+
+    def spy(self, network, optimizer, data, starts, epoch, generator, state):
+        first = len(snapshots)
+        losses = real_try(self, network, optimizer, data, starts, epoch, generator, state)
+        kept = {k: v.clone() for k, v in network.state_dict().items()}
+        trials.append({"epoch": epoch, "losses": losses, "kept": kept,
+                       "snapshots": snapshots[first:]})
+        return losses
+
+    monkeypatch.setattr(base._Snapshot, "take", classmethod(take))
+    monkeypatch.setattr(estimator_class, "_try_move", spy)
+    return trials
+
+
+def _same_state(a, b):
+    return all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("moved_branch_wins", [False, True])
+def test_tried_move_keeps_the_branch_with_the_lower_objective(
+    three_digits, monkeypatch, moved_branch_wins,
+):
+    X, _ = three_digits
+    objectives = iter([1.0, 0.0] if moved_branch_wins else [0.0, 1.0])
+    real_final_loss = DTIKMeans._final_loss
+
+    def final_loss(self, costs):
+        if getattr(self, "_in_trial", False):
+            return next(objectives)
+        return real_final_loss(self, costs)
+
+    trials = _spy_trials(monkeypatch, DTIKMeans)
+    real_try = DTIKMeans._try_move  # the spy
+
+    def flagged(self, *args):
+        self._in_trial = True
+        try:
+            return real_try(self, *args)
+        finally:
+            self._in_trial = False
+
+    monkeypatch.setattr(DTIKMeans, "_try_move", flagged)
+    monkeypatch.setattr(DTIKMeans, "_final_loss", final_loss)
+    model = DTIKMeans(3, transforms=["aff"], max_iter=20, batch_size=50, random_state=0)
+    model.fit(X[:200])
+    assert len(trials) == 1
+    trial = trials[0]
+    # start, end without the move, end with the move
+    assert len(trial["snapshots"]) == 3
+    start, without, with_move = (s.network for s in trial["snapshots"])
+    assert not _same_state(without, with_move)
+    assert _same_state(trial["kept"], with_move if moved_branch_wins else without)
+    assert len(model.loss_curve_) == model.n_iter_ == 20
+    assert np.isfinite(model.loss_curve_).all()
+
+
+def test_one_tried_move_per_fit_after_the_last_transformation_starts(three_digits, monkeypatch):
+    X, _ = three_digits
+    trials = _spy_trials(monkeypatch, DTIKMeans)
+    model = DTIKMeans(3, transforms=["aff", "mor"], max_iter=30, batch_size=50, random_state=0)
+    model.fit(X[:200])
+    starts = curriculum_starts("auto", model.transforms_, 30)
+    assert starts == [4, 10]
+    assert [t["epoch"] for t in trials] == [10 + 2]  # two epochs after the last start
+    # 1,200 steps are 300 epochs of 4 steps here: the branches stop at the decay (epoch 27)
+    assert decay_start(30) == 27
+    assert len(trials[0]["losses"]) == 27 - 12 - 1
+    assert len(model.loss_curve_) == 30
+
+
+def test_no_tried_move_without_shape_transformations_or_when_switched_off(
+    three_digits, monkeypatch,
+):
+    X, _ = three_digits
+    trials = _spy_trials(monkeypatch, DTIKMeans)
+    DTIKMeans(3, transforms=None, max_iter=20, batch_size=50, random_state=0).fit(X[:200])
+    off = DTIKMeans(3, transforms=["aff"], max_iter=20, batch_size=50, random_state=0)
+    off.trial_steps = 0
+    off.fit(X[:200])
+    assert trials == []
+
+
+@pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
+def test_fits_with_a_tried_move_are_reproducible(three_digits, monkeypatch, estimator_class):
+    X, _ = three_digits
+    trials = _spy_trials(monkeypatch, estimator_class)
+    params = {"transforms": ["aff"], "max_iter": 20, "batch_size": 50, "random_state": 0}
+    fits = [estimator_class(3, **params).fit(X[:200]) for _ in range(2)]
+    assert len(trials) == 2
+    assert np.array_equal(fits[0].prototypes_, fits[1].prototypes_)
+    assert fits[0].loss_curve_ == fits[1].loss_curve_
+    assert np.isfinite(fits[0].prototypes_).all()
