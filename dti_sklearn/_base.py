@@ -176,8 +176,11 @@ class BaseDTI(
     #: epoch of scikit-learn's 1,797 ``load_digits`` images (29 steps).
     split_merge_every = 150
     #: Gradient steps (rounded up to whole epochs) that a tried move trains
-    #: each of its two branches for (see ``_try_move``; 0 switches it off).
+    #: each of its two branches for (see ``_try_move``; 0 switches it off),
+    #: and at most this many epochs: the branches make no split-and-merge
+    #: checks, so on small data sets the window stays short.
     trial_steps = 1200
+    trial_max_epochs = 8
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
     #: Gradient steps that ``max_iter="auto"`` aims for without a colour
@@ -440,6 +443,7 @@ class BaseDTI(
         steps_per_epoch = math.ceil(data.shape[0] / min(self.batch_size, data.shape[0]))
         n_epochs = min(
             math.ceil(self.trial_steps / steps_per_epoch),
+            self.trial_max_epochs,
             decay_start(self._epochs) - epoch - 1,
         )
         if n_epochs < 1:

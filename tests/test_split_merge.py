@@ -297,10 +297,15 @@ def test_one_tried_move_per_fit_after_the_last_transformation_starts(three_digit
     model.fit(X[:200])
     starts = curriculum_starts("auto", model.transforms_, 30)
     assert starts == [4, 10]
-    assert [t["epoch"] for t in trials] == [10 + 2]  # two epochs after the last start
-    # 1,200 steps are 300 epochs of 4 steps here: the branches stop at the decay (epoch 27)
+    assert [t["epoch"] for t in trials[:1]] == [10 + 2]  # two epochs after the last start
+    # 1,200 steps would be 300 epochs of 4 steps here: the branches stop after
+    # trial_max_epochs, or at the decay (epoch 27) when that comes first.
+    assert len(trials[0]["losses"]) == model.trial_max_epochs == 8
+    short = DTIKMeans(3, transforms=["aff", "mor"], max_iter=30, batch_size=50, random_state=0)
+    short.trial_max_epochs = 100
+    short.fit(X[:200])
     assert decay_start(30) == 27
-    assert len(trials[0]["losses"]) == 27 - 12 - 1
+    assert len(trials[1]["losses"]) == 27 - 12 - 1
     assert len(model.loss_curve_) == 30
 
 
