@@ -107,9 +107,10 @@ class DTIKMeans(BaseDTI):
     Once strong warps are on, they bend one prototype over two kinds of
     images and that estimate no longer sees the mixture, so once per fit,
     two epochs after the last transformation is switched on, a move is
-    *tried*: the run is trained ``trial_steps`` (1,200) gradient steps with
-    and without the largest cluster split into the slot of the one cheapest
-    to remove, and the branch with the lower objective is kept.
+    *tried*: the run is trained for ``trial_steps`` (1,200) gradient steps,
+    at most ``trial_max_epochs`` (8) epochs, with and without the largest
+    cluster split into the slot of the one cheapest to remove, and the
+    branch with the lower objective is kept.
 
     See Also
     --------
