@@ -417,7 +417,7 @@ class BaseDTI(
         None without a transformation that changes shapes (identity and
         colour ones leave the check's estimate exact or nearly so).
         """
-        shaping = [t for t in transformations if not (isinstance(t, Identity) or t.photometric)]
+        shaping = any(not (isinstance(t, Identity) or t.photometric) for t in transformations)
         if not shaping or self.trial_steps <= 0 or self.split_merge_samples < 2:
             return None
         epoch = max(starts) + 2
@@ -427,7 +427,7 @@ class BaseDTI(
         self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer, data: torch.Tensor,
         starts: list[int], epoch: int, generator: torch.Generator, state: _TrainState,
     ) -> list[float]:
-        """Try the best split-and-merge move by training with and without it.
+        """Try one split-and-merge move by training with and without it.
 
         :meth:`_split_and_merge` estimates a move's gain to first order,
         with the transformations as they are.  Once strong warps are on they
@@ -451,8 +451,8 @@ class BaseDTI(
         start = _Snapshot.take(network, optimizer, generator, state)
         branches = []
         for move in (False, True):
-            start.restore(network, optimizer, generator, state)
             if move:
+                start.restore(network, optimizer, generator, state)
                 moved = self._split_and_merge(
                     network, optimizer, data, active_at(starts, epoch), generator, force=True
                 )
