@@ -44,7 +44,11 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DATASETS = ("mnist", "mnist-color")
+#: "mnist-16" and "mnist-64" are the grey digits resized to 16 x 16 and 64 x 64
+#: (bilinear, antialiased): the defaults are derived from the image size, and
+#: these check that rule at both ends of the sizes it is meant for.
+RESIZED = {"mnist-16": 16, "mnist-64": 64}
+DATASETS = ("mnist", "mnist-color", *RESIZED)
 #: "dtikmeans-std" is ``ImageStandardizer`` then DTIKMeans with its default
 #: transformations: the colours are removed in closed form instead of learned.
 DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std")
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(the baselines always use scikit-learn's defaults)",
     )
     parser.add_argument(
-        "--datasets", nargs="+", choices=DATASETS, default=list(DATASETS)
+        "--datasets", nargs="+", choices=DATASETS, default=["mnist", "mnist-color"],
+        help="data sets (default: mnist mnist-color)",
     )
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--json", default=None, help="write records and summary here")
@@ -144,8 +149,9 @@ def load_dataset(
 
     Parameters
     ----------
-    name : {"mnist", "mnist-color"}
-        Grey-level digits (n, 28, 28) or coloured digits (n, 28, 28, 3).
+    name : {"mnist", "mnist-color", "mnist-16", "mnist-64"}
+        Grey-level digits (n, 28, 28), coloured digits (n, 28, 28, 3), or
+        grey-level digits resized to (n, 16, 16) or (n, 64, 64).
     data : str or None
         Folder of the idx files; None uses :func:`dti_sklearn.datasets.load_mnist`'s default.
     n_samples : int
@@ -166,7 +172,35 @@ def load_dataset(
         return images.astype(np.float32) / np.float32(255.0), labels
     if name == "mnist-color":
         return make_mnist_color(images, random_state=0), labels
+    if name in RESIZED:
+        grey = images.astype(np.float32) / np.float32(255.0)
+        return resize_images(grey, RESIZED[name]), labels
     raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize (n, H, W) grey images in [0, 1] to (n, size, size), deterministically.
+
+    Parameters
+    ----------
+    images : ndarray of float32, shape (n, H, W)
+        The images.
+    size : int
+        Side of the resized images.
+
+    Returns
+    -------
+    resized : ndarray of float32, shape (n, size, size)
+        Bilinear interpolation, antialiased when shrinking, clipped to [0, 1].
+    """
+    import torch
+    from torch.nn.functional import interpolate
+
+    resized = interpolate(
+        torch.from_numpy(images)[:, None], size=(size, size), mode="bilinear",
+        align_corners=False, antialias=size < images.shape[-1],
+    )
+    return resized[:, 0].clamp_(0.0, 1.0).numpy()
 
 
 def _is_color(spec: Any) -> bool:
@@ -201,9 +235,10 @@ def make_model(
     ----------
     model : {"dtikmeans", "dtigmm", "dtikmeans-std", "kmeans", "gmm"}
         Which estimator.
-    dataset : {"mnist", "mnist-color"}
+    dataset : {"mnist", "mnist-color", "mnist-16", "mnist-64"}
         For "mnist-color" the DTI models get the colour transformation in
-        front of their default transformations.
+        front of their default transformations; the other data sets keep
+        every default.
     seed : int
         ``random_state`` of the estimator.
     max_iter : int or None, default=None

@@ -109,6 +109,25 @@ def test_single_run_with_stand_in_dti_model(bench, monkeypatch, tmp_path):
     assert rec["images_per_s"] == pytest.approx(12 * 3 / rec["fit_time_s"])
 
 
+@pytest.mark.parametrize("size", [16, 64])
+def test_resized_digits_keep_their_shape_and_ink(bench, size):
+    """The resized data sets: the requested side, values in [0, 1], the same ink."""
+    rng = np.random.RandomState(0)
+    images = np.zeros((3, 28, 28), np.float32)
+    images[:, 8:20, 12:16] = rng.uniform(0.5, 1.0, (3, 12, 4))  # a bar per image
+    before = images.copy()
+    resized = bench.resize_images(images, size)
+    assert resized.shape == (3, size, size) and resized.dtype == np.float32
+    assert resized.min() >= 0.0 and resized.max() <= 1.0
+    np.testing.assert_array_equal(images, before)  # the input is not modified
+    np.testing.assert_array_equal(resized, bench.resize_images(images, size))
+    # Interpolation keeps the mean intensity: each image's ink scales with its area.
+    np.testing.assert_allclose(resized.mean((1, 2)), images.mean((1, 2)), rtol=0.05)
+    # The bar stays where it was, in relative coordinates.
+    centre = (resized[0] * np.arange(size)[:, None]).sum() / resized[0].sum()
+    assert centre / size == pytest.approx(14 / 28, abs=0.05)
+
+
 def test_color_transform_prepended_once(bench):
     assert bench._with_color(("aff", "mor")) == ("color", "aff", "mor")
     assert bench._with_color(["col", "aff"]) == ("col", "aff")
