@@ -126,9 +126,14 @@ class _Snapshot:
         self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
         generator: torch.Generator, state: _TrainState,
     ) -> None:
-        """Put the copied state back in place."""
-        network.load_state_dict(self.network)
-        optimizer.load_state_dict(self.optimizer)
+        """Put the copied state back in place; the snapshot can be restored again.
+
+        ``Optimizer.load_state_dict`` keeps the given tensors when their
+        device and dtype already fit, so training after a restore would
+        update the snapshot's Adam moments in place; it gets a copy.
+        """
+        network.load_state_dict(self.network)  # copies into the parameters
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         generator.set_state(self.generator)
         state.counts.copy_(self.state.counts)
         state.iteration, state.last_check = self.state.iteration, self.state.last_check

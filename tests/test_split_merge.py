@@ -252,6 +252,37 @@ def _same_state(a, b):
     return all(torch.equal(a[key], b[key]) for key in a)
 
 
+def test_a_snapshot_restores_the_same_training_every_time(three_digits):
+    """Restoring twice replays the same steps: training never edits the snapshot."""
+    import dti_sklearn._base as base
+
+    X, _ = three_digits
+    model = DTIKMeans(3, transforms=["aff"], max_iter=2, batch_size=50, random_state=0)
+    model.fit(X[:200])
+    network, data = model.network_, torch.from_numpy(X[:200, None].astype(np.float32))
+    network.train()
+    optimizer = model._make_optimizer(network)
+    generator = torch.Generator().manual_seed(0)
+    state = base._TrainState(counts=torch.zeros(3))
+
+    def train():
+        model._train_epoch(network, optimizer, data, [0], 0, generator, state)
+        return [p.detach().clone() for p in network.parameters()]
+
+    train()  # Adam moments that are not zero
+    snapshot = base._Snapshot.take(network, optimizer, generator, state)
+    moments = copy.deepcopy(snapshot.optimizer["state"])
+    first = train()
+    snapshot.restore(network, optimizer, generator, state)
+    second = train()
+    snapshot.restore(network, optimizer, generator, state)
+    third = train()
+    assert all(torch.equal(a, b) and torch.equal(b, c) for a, b, c in zip(first, second, third))
+    for key, saved in moments.items():
+        assert all(torch.equal(saved[name], snapshot.optimizer["state"][key][name])
+                   for name in saved)
+
+
 @pytest.mark.parametrize("moved_branch_wins", [False, True])
 def test_tried_move_keeps_the_branch_with_the_lower_objective(
     three_digits, monkeypatch, moved_branch_wins,
