@@ -445,9 +445,8 @@ class BaseDTI(
         same batches), and the branch with the lower objective on the
         training set is kept.  Returns the kept branch's epoch losses.
         """
-        steps_per_epoch = math.ceil(data.shape[0] / min(self.batch_size, data.shape[0]))
         n_epochs = min(
-            math.ceil(self.trial_steps / steps_per_epoch),
+            _epochs_for_steps(self.trial_steps, data.shape[0], self.batch_size),
             self.trial_max_epochs,
             decay_start(self._epochs) - epoch - 1,
         )
@@ -568,14 +567,17 @@ class BaseDTI(
                 spreads.append(deviations[rows, best].flatten(1))
         network.train()
         costs, raw = torch.cat(costs), torch.cat(raw)
-        scaled = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
         labels = costs.argmin(1)
         removal = removal_costs(costs)
         # A tried move is judged by retraining, so it may split the largest
         # cluster, as the paper's restart of empty clusters copies it: once
         # warps bend one prototype over two kinds of images, the residuals
         # no longer single that cluster out (traces in docs/benchmarks.md).
-        gains, sides = two_means_splits((raw if force else scaled).double(), labels, k)
+        if force:
+            residuals = raw
+        else:
+            residuals = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
+        gains, sides = two_means_splits(residuals.double(), labels, k)
         if force:
             split = int(torch.bincount(labels, minlength=k).argmax())
         else:
@@ -709,9 +711,13 @@ def _auto_epochs(
     """
     if max_iter != "auto":
         return int(max_iter)
-    steps_per_epoch = math.ceil(n_samples / batch_size)
     low, high = AUTO_EPOCHS
-    return int(min(high, max(low, math.ceil(steps / steps_per_epoch))))
+    return min(high, max(low, _epochs_for_steps(steps, n_samples, batch_size)))
+
+
+def _epochs_for_steps(steps: int, n_samples: int, batch_size: int) -> int:
+    """Whole epochs that hold at least ``steps`` gradient steps (one batch may be short)."""
+    return math.ceil(steps / math.ceil(n_samples / batch_size))
 
 
 def _inference_chunks(data: torch.Tensor):
