@@ -178,9 +178,11 @@ class DTIKMeans(BaseDTI):
         batch = x.shape[0]
         params = network.predict_parameters(x, active)
         with torch.no_grad():
-            means, _ = network.align([p.detach() for p in params], batch, active)
+            means, _ = network.align([p.detach() for p in params], batch, active, images=x)
             assigned = _distances(x, means).argmin(dim=1)
-        nearest, _ = network.align(params, batch, active, clusters=assigned.unsqueeze(1))
+        nearest, _ = network.align(
+            params, batch, active, clusters=assigned.unsqueeze(1), images=x
+        )
         return (x - nearest[:, 0]).pow(2).mean(), assigned
 
     def _costs(self, network, x, means, deviations):

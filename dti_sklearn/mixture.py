@@ -230,12 +230,12 @@ class DTIGaussianMixture(BaseDTI):
         params = network.predict_parameters(x, active)
         log_weights = torch.log_softmax(network.mixing_logits, dim=0)
         with torch.no_grad():
-            means, deviations = network.align([p.detach() for p in params], batch, active)
+            means, deviations = network.align([p.detach() for p in params], batch, active, images=x)
             log_joint = log_weights + self._log_density(x, means, deviations)
             responsibilities = torch.softmax(log_joint, dim=1)
             exact = -(responsibilities * log_joint).sum(1).mean() / n_values
         top = responsibilities.topk(min(self.gradient_components, means.shape[1]), dim=1)
-        means, deviations = network.align(params, batch, active, clusters=top.indices)
+        means, deviations = network.align(params, batch, active, clusters=top.indices, images=x)
         partial = -(
             (responsibilities * log_weights).sum(1)
             + (top.values * self._log_density(x, means, deviations)).sum(1)

@@ -186,6 +186,45 @@ def test_color_gain_and_offset():
     assert Color().n_parameters(c) == 2 * c
 
 
+@settings(max_examples=20, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 2**16))
+@example(shape=(1, 1, 1, 2), seed=0)
+def test_closed_form_color_recovers_any_gain_and_offset(shape, seed):
+    n, c, h, w = shape
+    generator = torch.Generator().manual_seed(seed)
+    aligned = torch.rand(n, 2, c, h, w, generator=generator, dtype=torch.float64)
+    aligned[:, :, :, 0, 0] += 1  # no constant channel, even with one pixel
+    gains = torch.randn(n, 1, c, 1, 1, generator=generator, dtype=torch.float64)
+    offsets = torch.randn(n, 1, c, 1, 1, generator=generator, dtype=torch.float64)
+    images = (aligned * gains + offsets)[:, 0]
+    out = Color(closed_form=True).solve(aligned, images)
+    torch.testing.assert_close(out[:, 0], images)
+    assert out.shape == aligned.shape
+
+
+def test_closed_form_color_is_the_least_squares_fit():
+    generator = torch.Generator().manual_seed(0)
+    aligned = torch.rand(3, 4, 2, 5, 6, generator=generator, dtype=torch.float64)
+    images = torch.rand(3, 2, 5, 6, generator=generator, dtype=torch.float64)
+    out = Color(closed_form=True).solve(aligned, images)
+    for b, k, ch in [(0, 0, 0), (1, 3, 1), (2, 2, 0)]:
+        p = aligned[b, k, ch].flatten().numpy()
+        design = np.stack([p, np.ones_like(p)], axis=1)
+        coef, *_ = np.linalg.lstsq(design, images[b, ch].flatten().numpy(), rcond=None)
+        np.testing.assert_allclose(out[b, k, ch].flatten().numpy(), design @ coef, atol=1e-10)
+
+
+def test_closed_form_color_of_a_constant_channel_is_the_mean_and_has_gradients():
+    aligned = torch.full((2, 3, 1, 4, 4), 0.5, requires_grad=True)
+    images = torch.rand(2, 1, 4, 4)
+    out = Color(closed_form=True).solve(aligned, images)
+    expected = images.mean((1, 2, 3)).view(2, 1, 1, 1, 1).expand_as(out)
+    torch.testing.assert_close(out, expected)
+    varied = torch.rand(2, 3, 1, 4, 4, requires_grad=True)
+    Color(closed_form=True).solve(varied, images).pow(2).sum().backward()
+    assert torch.isfinite(varied.grad).all() and varied.grad.abs().sum() > 0
+
+
 def _stroke():
     images = torch.zeros(1, 1, 9, 9)
     images[0, 0, 4, 1:8] = 1.0  # a one-pixel-thick horizontal stroke
@@ -440,7 +479,8 @@ def test_transformation_objects_are_sklearn_style():
     mor = Morphological(kernel_size=5)
     assert mor.get_params() == {"kernel_size": 5}
     assert clone(mor).kernel_size == 5
-    assert Color().get_params() == {} and Identity().get_params() == {}
+    assert Color().get_params() == {"closed_form": True} and Identity().get_params() == {}
+    assert clone(Color()).solved and not Color(closed_form=False).solved
     with pytest.raises(ValueError):
         Affine().set_params(grid_size=2)
 

@@ -86,7 +86,10 @@ class PrototypeNetwork(nn.Module):
             encoder_channels, (height, width), encoder_width, n_features,
             statistics_channels=n_channels if self.standardized_copy else 0,
         )
-        n_parameters = [t.n_parameters(n_channels) for t in self.transformations]
+        # A solved transformation (Color(closed_form=True)) gets no head.
+        n_parameters = [
+            0 if t.solved else t.n_parameters(n_channels) for t in self.transformations
+        ]
         self.heads = PrototypeHeads(n_prototypes, n_features, n_parameters, hidden)
         for m, t in enumerate(self.transformations):
             self.register_buffer(f"identity_{m}", t.identity_parameters(n_channels).float())
@@ -130,6 +133,11 @@ class PrototypeNetwork(nn.Module):
             active = list(range(len(self.transformations)))
         return [m for m in active if m in self._parametric]
 
+    def _solved(self, active: list[int] | None) -> list[Transformation]:
+        """The switched-on transformations solved for against each sample."""
+        indices = range(len(self.transformations)) if active is None else active
+        return [self.transformations[m] for m in indices if self.transformations[m].solved]
+
     def predict_parameters(
         self, images: torch.Tensor, active: list[int] | None = None,
     ) -> list[torch.Tensor]:
@@ -169,6 +177,7 @@ class PrototypeNetwork(nn.Module):
         batch: int,
         active: list[int] | None = None,
         clusters: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transform prototypes with predicted parameters.
 
@@ -185,6 +194,10 @@ class PrototypeNetwork(nn.Module):
             the output).  DTI K-means back-propagates through the nearest
             prototype only, so its training step aligns all ``B x K`` pairs
             without gradient and then only these ``B`` with gradient.
+        images : torch.Tensor of shape (B, C, H, W), optional
+            The samples, needed when a transformation solved for against
+            each of them (``Color(closed_form=True)``) is active: it is
+            applied to the means last, after every predicted one.
 
         Returns
         -------
@@ -193,6 +206,11 @@ class PrototypeNetwork(nn.Module):
         deviations : torch.Tensor of shape (B, K, C, H, W) or None
             Aligned standard deviations, when the network holds them.
         """
+        solved = self._solved(active)
+        if solved and images is None:
+            raise ValueError(
+                f"align needs the images to solve {type(solved[0]).__name__} against them."
+            )
         active = self._active(active)
         k, c, height, width = self.prototypes.shape
         means = self.prototypes
@@ -212,9 +230,19 @@ class PrototypeNetwork(nn.Module):
             stds = None if stds is None else stds.unsqueeze(0)
         means = means.expand(batch, k, c, height, width)
         stds = None if stds is None else stds.expand(batch, k, c, height, width)
+        means, stds = self._warp(means, stds, params, active)
+        for transformation in solved:
+            means = transformation.solve(means, images)
+        return means, stds
+
+    def _warp(
+        self, means: torch.Tensor, stds: torch.Tensor | None,
+        params: list[torch.Tensor], active: list[int],
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Apply the active predicted transformations to (B, K, C, H, W) copies."""
         if not active:
             return means, stds
-
+        batch, k, c, height, width = means.shape
         means = means.reshape(batch * k, c, height, width)
         stds = None if stds is None else stds.reshape(batch * k, c, height, width)
         betas = [beta.reshape(batch * k, -1) for beta in params]
@@ -244,4 +272,4 @@ class PrototypeNetwork(nn.Module):
         means, deviations : see :meth:`align`.
         """
         params = self.predict_parameters(images, active)
-        return self.align(params, images.shape[0], active)
+        return self.align(params, images.shape[0], active, images=images)

@@ -88,6 +88,10 @@ class Transformation(BaseEstimator):
     #: image beside the image itself.
     photometric: ClassVar[bool] = False
 
+    #: Whether the parameters are solved for in closed form against each
+    #: sample (:meth:`solve`) instead of predicted by the network.
+    solved: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("name"):
@@ -134,6 +138,26 @@ class Transformation(BaseEstimator):
         Returns
         -------
         torch.Tensor of shape (N, C, H, W)
+        """
+        raise NotImplementedError
+
+    def solve(self, aligned: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Transform aligned prototypes with the parameters that fit each sample best.
+
+        Only for transformations whose ``solved`` is true: the network then
+        predicts no parameters for them and applies this after every
+        predicted transformation.
+
+        Parameters
+        ----------
+        aligned : torch.Tensor of shape (B, R, C, H, W)
+            Prototypes aligned to the samples by the predicted transformations.
+        images : torch.Tensor of shape (B, C, H, W)
+            The samples.
+
+        Returns
+        -------
+        torch.Tensor of shape (B, R, C, H, W)
         """
         raise NotImplementedError
 
