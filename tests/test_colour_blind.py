@@ -56,12 +56,15 @@ def test_standardisation_keeps_polarity_when_asked_and_zeroes_constant_channels(
 def test_only_a_photometric_sequence_gives_the_encoder_a_standardised_copy():
     prototypes = torch.rand(2, 3, 8, 8)
     coloured = PrototypeNetwork(prototypes, [Color(), Affine()])
+    predicted = PrototypeNetwork(prototypes, [Color(closed_form=False), Affine()])
     plain = PrototypeNetwork(prototypes, [Affine()])
-    assert coloured.standardized_copy and not plain.standardized_copy
-    assert coloured.encoder.features[0][0].in_channels == 6
+    assert coloured.standardized_copy and predicted.standardized_copy
+    assert not plain.standardized_copy
+    # the raw colours only for the heads of a predicted colour
+    assert predicted.encoder.features[0][0].in_channels == 6
+    assert coloured.encoder.features[0][0].in_channels == 3
     assert plain.encoder.features[0][0].in_channels == 3
     # the predicted colour is still exactly the identity at initialisation
-    predicted = PrototypeNetwork(prototypes, [Color(closed_form=False), Affine()])
     images = torch.rand(4, 3, 8, 8)
     means, _ = predicted(images)
     assert torch.equal(means, prototypes.unsqueeze(0).expand(4, -1, -1, -1, -1))
@@ -85,6 +88,26 @@ def test_the_standardised_copy_reaches_the_heads():
     same = network.predict_parameters(images)[1]
     other = network.predict_parameters(recoloured)[1]
     assert torch.allclose(same, other, atol=1e-5)
+
+
+def test_with_the_solved_colour_the_predicted_warps_ignore_the_colours():
+    torch.manual_seed(0)
+    network = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(), Affine()])
+    torch.nn.init.normal_(network.heads.out_weight[1])  # affine heads react to features
+    images = torch.rand(3, 3, 8, 8)
+    signs = torch.tensor([1.0, -1.0, 1.0]).view(1, 3, 1, 1)
+    recoloured = 0.4 + 0.3 * signs * images  # any gain, of either sign, and offset
+    with torch.no_grad():
+        same = network.predict_parameters(images)[0]
+        other = network.predict_parameters(recoloured)[0]
+        means, _ = network(images)
+        means_recoloured, _ = network(recoloured)
+    assert same.abs().max() > 1e-3  # the warps are not trivially zero
+    torch.testing.assert_close(same, other, atol=1e-5, rtol=1e-4)
+    # the aligned prototypes then follow each image's colours
+    torch.testing.assert_close(
+        means_recoloured, 0.4 + 0.3 * signs.unsqueeze(1) * means, atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize("init", ["k-means++", "random"])
@@ -160,11 +183,14 @@ def test_a_fit_resolves_auto_to_its_step_budget(cls, grey, monkeypatch):
 def test_colour_module_clusters_coloured_digits_by_shape():
     """Digits in random foreground and background colours: the clusters follow the digits.
 
-    Measured on this data (seed 0, 60 epochs, colour and affine): 0.93 accuracy with the
-    colour solved in closed form (the default), 0.49 with it predicted by the network
-    (``Color(closed_form=False)``); 0.25 before the colour-blind fitting (colour heads
-    behind an identity phase on the colours, prototypes started from coloured samples,
-    encoder on the raw images only).
+    Measured on this data (seed 0, 60 epochs, colour and affine): 0.80 accuracy with the
+    colour solved in closed form and the encoder on the standardised copy only (the
+    default), 0.93 when the encoder also read the raw images, 0.49 with the colour
+    predicted by the network (``Color(closed_form=False)``); 0.25 before the colour-blind
+    fitting (colour heads behind an identity phase on the colours, prototypes started from
+    coloured samples, encoder on the raw images only).  With the default transformations
+    (colour, affine, morphological, thin-plate spline), seeds 0-4, the standardised copy
+    alone did better: 0.84-0.97 (mean 0.91) against 0.83-0.97 (mean 0.88).
     """
     from dti_sklearn.datasets import load_digits_images, make_mnist_color
     from dti_sklearn.metrics import cluster_accuracy
@@ -172,7 +198,7 @@ def test_colour_module_clusters_coloured_digits_by_shape():
     images, labels = load_digits_images()
     coloured = make_mnist_color(images, random_state=0)
     est = DTIKMeans(10, transforms=["col", "aff"], max_iter=60, random_state=0)
-    assert cluster_accuracy(labels, est.fit_predict(coloured)) > 0.8
+    assert cluster_accuracy(labels, est.fit_predict(coloured)) > 0.7
 
 
 def test_a_pickled_colour_model_predicts_the_same():
@@ -201,8 +227,10 @@ def test_the_encoder_gives_absolute_colour_levels_to_the_heads():
             encoder.features[0][0].weight.zero_()  # convolutions blind to every level
         same = torch.allclose(encoder(images), encoder(brighter), atol=1e-6)
         assert same is not differs
-    network = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(), Affine()])
+    network = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(closed_form=False), Affine()])
     assert network.encoder.statistics_channels == 3
+    solved = PrototypeNetwork(torch.rand(2, 3, 8, 8), [Color(), Affine()])
+    assert solved.encoder.statistics_channels == 0
     assert PrototypeNetwork(torch.rand(2, 3, 8, 8), [Affine()]).encoder.statistics_channels == 0
     one_pixel = Encoder(2, (1, 1), statistics_channels=1)(torch.rand(4, 2, 1, 1))
     assert torch.isfinite(one_pixel).all()  # the standard deviation of one value is 0, not NaN

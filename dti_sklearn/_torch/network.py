@@ -43,17 +43,24 @@ class PrototypeNetwork(nn.Module):
     Notes
     -----
     When a transformation of the sequence is ``photometric`` (colour), the
-    encoder reads ``2C`` channels: every image and its colour-standardised
-    copy (:func:`~dti_sklearn._torch.standardize.standardize_channels`).
-    The copy gives the spatial heads the same input whatever the colours;
-    the image itself, and its per-channel mean, minimum, maximum and
-    standard deviation given to the encoder's projection, give the colour
-    heads the colours to predict.
+    encoder reads every image's colour-standardised copy
+    (:func:`~dti_sklearn._torch.standardize.standardize_channels`), which
+    gives the spatial heads the same input whatever the colours.  A colour
+    solved in closed form (the default ``Color()``) needs nothing else, so
+    the predicted transformations ignore the colours altogether.  For a
+    predicted colour (``Color(closed_form=False)``) the encoder reads ``2C``
+    channels: the image itself as well, and its per-channel mean, minimum,
+    maximum and standard deviation go to the encoder's projection, giving
+    the colour heads the colours to predict.
     """
 
     #: Whether the encoder also reads a colour-standardised copy of the
     #: images (set from the sequence; False for networks pickled before it).
     standardized_copy: bool = False
+    #: Whether the encoder also reads the raw images and their channels'
+    #: statistics beside the copy: only for a predicted colour transformation,
+    #: whose heads need the colours (True for networks pickled before it).
+    raw_colours: bool = True
     #: Lower precision (``torch.bfloat16``) for the encoder's convolutions
     #: under :func:`torch.autocast`, or None for float32 throughout.  The
     #: heads, the transformations and the loss stay in float32.
@@ -81,10 +88,13 @@ class PrototypeNetwork(nn.Module):
             nn.Parameter(torch.zeros(n_prototypes)) if mixing_logits else None
         )
         self.standardized_copy = has_photometric(self.transformations)
-        encoder_channels = 2 * n_channels if self.standardized_copy else n_channels
+        self.raw_colours = self.standardized_copy and any(
+            t.photometric and not t.solved for t in self.transformations
+        )
         self.encoder = Encoder(
-            encoder_channels, (height, width), encoder_width, n_features,
-            statistics_channels=n_channels if self.standardized_copy else 0,
+            2 * n_channels if self.raw_colours else n_channels, (height, width),
+            encoder_width, n_features,
+            statistics_channels=n_channels if self.raw_colours else 0,
         )
         # A solved transformation (Color(closed_form=True)) gets no head.
         n_parameters = [
@@ -159,7 +169,8 @@ class PrototypeNetwork(nn.Module):
         if not active:
             return []
         if self.standardized_copy:
-            images = torch.cat([images, standardize_channels(images)], dim=1)
+            copy = standardize_channels(images)
+            images = torch.cat([images, copy], dim=1) if self.raw_colours else copy
         params = self.heads(self._encode(images), active)
         return [beta + getattr(self, f"identity_{m}") for m, beta in zip(active, params)]
 
