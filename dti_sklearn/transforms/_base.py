@@ -85,12 +85,8 @@ class Transformation(BaseEstimator):
     #: transformation is on from the first epoch under ``curriculum="auto"``,
     #: the starting prototypes are picked among colour-standardised images,
     #: and the predictor's encoder sees a colour-standardised copy of every
-    #: image beside the image itself.
+    #: image (beside the image itself only when the colour is predicted).
     photometric: ClassVar[bool] = False
-
-    #: Whether the parameters are solved for in closed form against each
-    #: sample (:meth:`solve`) instead of predicted by the network.
-    solved: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,6 +136,14 @@ class Transformation(BaseEstimator):
         torch.Tensor of shape (N, C, H, W)
         """
         raise NotImplementedError
+
+    @property
+    def solved(self) -> bool:
+        """Whether the parameters are solved for against each sample (:meth:`solve`).
+
+        False here: the network predicts them.
+        """
+        return False
 
     def solve(self, aligned: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Transform aligned prototypes with the parameters that fit each sample best.

@@ -23,8 +23,9 @@ class Color(Transformation):
     of plain K-means on coloured images would cluster the colours), pick the
     starting prototypes among colour-standardised images (see
     :class:`~dti_sklearn.preprocessing.ImageStandardizer`) and show the
-    encoder a colour-standardised copy of every image beside the image
-    itself, so that the spatial heads need not learn colour invariance.
+    encoder a colour-standardised copy of every image, so that the spatial
+    heads need not learn colour invariance (with ``closed_form=False`` the
+    image itself too, for the colour heads).
 
     Parameters
     ----------
@@ -34,7 +35,9 @@ class Color(Transformation):
         channel of the prototype, once aligned by the other transformations,
         onto the sample's channel (:meth:`solve`).  They are then exact for
         any colours, need no head, and are applied after the other
-        transformations, wherever the colour stands in the sequence.  Being
+        transformations, wherever the colour stands in the sequence.  The
+        least squares are unweighted, in the mixture too (its aligned
+        deviations do not weight them).  Being
         the best fit and not a prediction, they are not the identity at the
         start of training, which is the point: the fit is colour-blind from
         its first step.  False gives the paper's colour module, whose gain
