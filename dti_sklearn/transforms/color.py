@@ -16,7 +16,10 @@ class Color(Transformation):
 
     ``2 * C`` parameters per image (all gains, then all offsets).  Zero
     parameters give the identity.  Applied to the means only in
-    :class:`~dti_sklearn.DTIGaussianMixture`.
+    :class:`~dti_sklearn.DTIGaussianMixture`, which on MNIST-color merged
+    digits in most runs with it; put
+    :class:`~dti_sklearn.preprocessing.ImageStandardizer` in front of the
+    mixture instead (``docs/benchmarks.md``).
 
     It is ``photometric``: when it is in the sequence, the estimators switch
     it on from the first epoch (under ``curriculum="auto"``; a first phase
