@@ -39,11 +39,11 @@ class Color(Transformation):
         onto the sample's channel (:meth:`solve`).  They are then exact for
         any colours, need no head, and are applied after the other
         transformations, wherever the colour stands in the sequence.  The
-        least squares are unweighted, in the mixture too (its aligned
-        deviations do not weight them).  Being
-        the best fit and not a prediction, they are not the identity at the
-        start of training, which is the point: the fit is colour-blind from
-        its first step.  False gives the paper's colour module, whose gain
+        least squares are unweighted, in the mixture too (weighting them by
+        its inverse aligned variances was measured and did not help).
+        Being the best fit and not a prediction, they are not the identity
+        at the start of training, which is the point: the fit is
+        colour-blind from its first step.  False gives the paper's colour module, whose gain
         and offset the network predicts, starting from the identity.  On
         MNIST-color (DTIKMeans, seeds 0-2) the solved form reached 96.9 +- 0.2
         ACC, the predicted one 93.6 +- 1.0 (``docs/benchmarks.md``).
