@@ -32,8 +32,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 )
 def test_standardisation_removes_any_gain_and_offset(images, gains, signs, offsets):
     x = torch.from_numpy(images)
-    # a distinct extreme per channel, so that polarity is well defined
-    x[:, :, 0, 0] = 2.0
+    # a distinct extreme per channel, so that polarity is well defined: at 3
+    # it lies further from the mean than any value in [0, 1] (at 2, a channel
+    # of ones with a single zero ties, and rounding picks the polarity)
+    x[:, :, 0, 0] = 3.0
     recoloured = x * torch.from_numpy(gains * signs) + torch.from_numpy(offsets)
     before = x.clone()
     out = standardize_channels(x)
