@@ -49,8 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: these check that rule at both ends of the sizes it is meant for.
 RESIZED = {"mnist-16": 16, "mnist-64": 64}
 DATASETS = ("mnist", "mnist-color", *RESIZED)
-#: "dtikmeans-std" is ``ImageStandardizer`` then DTIKMeans with its default
-#: transformations: the colours are removed in closed form instead of learned.
+#: "dtikmeans-std" is ``ImageStandardizer`` then DTIKMeans with the defaults it
+#: has on grey images: the colours are removed before the fit.
 DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std")
 MODELS = (*DTI_MODELS, "kmeans", "gmm")
 N_CLUSTERS = 10
@@ -210,7 +210,13 @@ def _is_color(spec: Any) -> bool:
 
 
 def _with_color(defaults: Any) -> tuple:
-    """Prepend the colour transformation to an estimator's default ``transforms``."""
+    """Prepend the colour transformation to an estimator's default ``transforms``.
+
+    DTIKMeans's ``"auto"`` is kept: it puts the colour in front by itself on
+    images of 8 x 8 pixels or more.
+    """
+    if isinstance(defaults, str) and defaults == "auto":
+        return defaults
     if defaults is None:
         defaults = ()
     elif isinstance(defaults, str) or not isinstance(defaults, Sequence):

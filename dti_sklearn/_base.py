@@ -49,8 +49,9 @@ from dti_sklearn._torch.standardize import standardize_channels
 from dti_sklearn.transforms import Identity, Transformation, make_transformations
 from dti_sklearn.transforms._base import has_photometric
 
-#: Default transformation sequence: the paper's MNIST modules, with the two
-#: warps next to each other so that they share one sampling grid.
+#: Default transformation sequence of the mixture, and of DTIKMeans on images
+#: smaller than 8 x 8: the paper's MNIST modules, with the two warps next to
+#: each other so that they share one sampling grid.
 DEFAULT_TRANSFORMS = ("affine", "thin_plate_spline", "morphological")
 
 #: Devices on which Adam runs as one fused kernel.
@@ -180,12 +181,9 @@ class BaseDTI(
     #: of the 10,000 MNIST-test images at batch 64 (157 steps), every sixth
     #: epoch of scikit-learn's 1,797 ``load_digits`` images (29 steps).
     split_merge_every = 150
-    #: Gradient steps (rounded up to whole epochs) that a tried move trains
-    #: each of its two branches for (see ``_try_move``; 0 switches it off),
-    #: and at most this many epochs: the branches make no split-and-merge
-    #: checks, so on small data sets the window stays short.
-    trial_steps = 1200
-    trial_max_epochs = 8
+    #: Whether a fit tries one split-and-merge move by training the rest of
+    #: the schedule with and without it (see ``_try_move``).
+    try_moves = True
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
     #: Gradient steps that ``max_iter="auto"`` aims for without a colour
@@ -197,6 +195,10 @@ class BaseDTI(
     @abstractmethod
     def _n_clusters(self) -> int:
         """Number of clusters K (hook)."""
+
+    def _transform_specs(self, images: np.ndarray):
+        """The ``transforms`` to build for these ``(N, C, H, W)`` images (hook)."""
+        return self.transforms
 
     def _resolve_auto_parameters(self, images: np.ndarray) -> None:
         """Set the fitted values of parameters given as ``"auto"`` (hook)."""
@@ -271,7 +273,7 @@ class BaseDTI(
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         self._resolve_auto_parameters(images)
-        transformations = make_transformations(self.transforms)
+        transformations = make_transformations(self._transform_specs(images))
         self._epochs = _auto_epochs(
             self.max_iter, n_samples, self.batch_size, self._auto_steps(transformations)
         )
@@ -348,39 +350,50 @@ class BaseDTI(
             ).to(device)
         optimizer = self._make_optimizer(network)
         state = _TrainState(counts=torch.zeros(self._n_clusters, device=device))
-        loss_curve: list[float] = []
         trial_epoch = self._trial_epoch(transformations, starts)
         progress = tqdm(
             total=self._epochs, disable=not self.verbose, leave=False,
             desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
         )
         network.train()
-        epoch = 0
-        while epoch < self._epochs:
-            loss_curve.append(
-                self._train_epoch(network, optimizer, data, starts, epoch, generator, state)
-            )
-            done = 1
-            due = state.iteration - state.last_check >= self.split_merge_every
-            trial_now = epoch == trial_epoch  # one tried move per fit, checked or not
-            if (due or trial_now) and epoch + 1 < decay_start(self._epochs):
-                moved = self._split_and_merge(
-                    network, optimizer, data, active_at(starts, epoch), generator
-                )
-                state.last_check = state.iteration
-                if trial_now and not moved:
-                    losses = self._try_move(
-                        network, optimizer, data, starts, epoch, generator, state
-                    )
-                    loss_curve.extend(losses)
-                    done += len(losses)
-            epoch += done
-            progress.update(done)
-            progress.set_postfix(loss=f"{loss_curve[-1]:.5f}")
+        loss_curve = self._train_epochs(
+            network, optimizer, data, starts, 0, generator, state, progress, trial_epoch
+        )
         progress.close()
         network.eval()
         costs = self._compute_costs(data, network)
         return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
+
+    def _train_epochs(
+        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer, data: torch.Tensor,
+        starts: list[int], first: int, generator: torch.Generator, state: _TrainState,
+        progress: tqdm, trial_epoch: int | None = None,
+    ) -> list[float]:
+        """Train from epoch ``first`` to the end of the schedule; return the epoch losses.
+
+        After an epoch, at most once every ``split_merge_every`` steps and
+        not during the learning-rate decay, the split-and-merge check runs.
+        At ``trial_epoch`` it runs in any case and, if it makes no move, the
+        rest of the schedule is tried with and without one (:meth:`_try_move`).
+        """
+        losses: list[float] = []
+        for epoch in range(first, self._epochs):
+            losses.append(
+                self._train_epoch(network, optimizer, data, starts, epoch, generator, state)
+            )
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.5f}")
+            due = state.iteration - state.last_check >= self.split_merge_every
+            if (due or epoch == trial_epoch) and epoch + 1 < decay_start(self._epochs):
+                moved = self._split_and_merge(
+                    network, optimizer, data, active_at(starts, epoch), generator
+                )
+                state.last_check = state.iteration
+                if epoch == trial_epoch and not moved:
+                    return losses + self._try_move(
+                        network, optimizer, data, starts, epoch, generator, state, progress
+                    )
+        return losses
 
     def _train_epoch(
         self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer, data: torch.Tensor,
@@ -415,15 +428,15 @@ class BaseDTI(
     def _trial_epoch(
         self, transformations: list[Transformation], starts: list[int],
     ) -> int | None:
-        """First epoch whose check may try a move (see :meth:`_try_move`), or None.
+        """The epoch after which a move may be tried (see :meth:`_try_move`), or None.
 
-        Two epochs after the last transformation is switched on, if both
-        branches of the trial still end before the learning-rate decay.
-        None without a transformation that changes shapes (identity and
-        colour ones leave the check's estimate exact or nearly so).
+        Two epochs after the last transformation is switched on, if that is
+        before the learning-rate decay.  None without a transformation that
+        changes shapes (identity and colour ones leave the check's estimate
+        exact or nearly so).
         """
         shaping = any(not (isinstance(t, Identity) or t.photometric) for t in transformations)
-        if not shaping or self.trial_steps <= 0 or self.split_merge_samples < 2:
+        if not shaping or not self.try_moves or self.split_merge_samples < 2:
             return None
         epoch = max(starts) + 2
         return epoch if epoch + 1 < decay_start(self._epochs) else None
@@ -431,27 +444,22 @@ class BaseDTI(
     def _try_move(
         self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer, data: torch.Tensor,
         starts: list[int], epoch: int, generator: torch.Generator, state: _TrainState,
+        progress: tqdm,
     ) -> list[float]:
-        """Try one split-and-merge move by training with and without it.
+        """Train the rest of the schedule with and without one split-and-merge move.
 
         :meth:`_split_and_merge` estimates a move's gain to first order,
         with the transformations as they are.  Once strong warps are on they
         bend one prototype over two kinds of images, and the gain of
-        separating them appears only after retraining: on MNIST-test a move
-        that the estimate rejected, forced at epoch 40 of 96, turned a run
-        from 85.3 to 97.7 ACC.  So the run is copied, trained for the next
-        ``trial_steps`` without a move and, from the copy, with the largest
-        cluster split into the slot of the one cheapest to remove (on the
-        same batches), and the branch with the lower objective on the
-        training set is kept.  Returns the kept branch's epoch losses.
+        separating them appears only after retraining, and late: on
+        MNIST-test, a correct move still lost on the objective after 2,400
+        steps, and won at the end of the schedule.  So the run is copied and
+        trained to the end twice, on the same batches at first: without a
+        move, and from the copy with the largest cluster split into the slot
+        of the one cheapest to remove.  Each branch makes its own
+        split-and-merge checks.  The branch with the lower objective on the
+        training set is kept.  Returns its epoch losses.
         """
-        n_epochs = min(
-            _epochs_for_steps(self.trial_steps, data.shape[0], self.batch_size),
-            self.trial_max_epochs,
-            decay_start(self._epochs) - epoch - 1,
-        )
-        if n_epochs < 1:
-            return []
         start = _Snapshot.take(network, optimizer, generator, state)
         branches = []
         for move in (False, True):
@@ -463,10 +471,10 @@ class BaseDTI(
                 if not moved:
                     break
                 generator.set_state(start.generator)  # the same batches as without
-            losses = [
-                self._train_epoch(network, optimizer, data, starts, e, generator, state)
-                for e in range(epoch + 1, epoch + 1 + n_epochs)
-            ]
+                progress.total += self._epochs - epoch - 1
+            losses = self._train_epochs(
+                network, optimizer, data, starts, epoch + 1, generator, state, progress
+            )
             objective = self._final_loss(self._compute_costs(data, network))
             network.train()
             branches.append(

@@ -159,14 +159,21 @@ def test_summary_min_loss_and_failures(bench):
     assert "80.0±10.0" in table and "2+1F" in table
 
 
-def test_standardised_model_is_a_pipeline_without_the_colour_module(bench):
+def test_standardised_model_is_a_pipeline_with_the_grey_defaults(bench):
+    from dti_sklearn import DTIGaussianMixture, DTIKMeans
+
     model = bench.make_model("dtikmeans-std", "mnist-color", seed=3, max_iter=2)
     standardizer, dti = model[0], model[-1]
     assert type(standardizer).__name__ == "ImageStandardizer"
     assert dti.random_state == 3 and dti.max_iter == 2
-    assert not any(bench._is_color(t) for t in dti.transforms)
+    assert dti.transforms == DTIKMeans().transforms
     coloured = bench.make_model("dtikmeans", "mnist-color", seed=3)
-    assert bench._is_color(coloured.transforms[0])
+    assert coloured.transforms == "auto"  # the colour in front on 28 x 28 images
+    fitted = coloured.set_params(max_iter=1).fit(np.random.RandomState(0).rand(10, 8, 8, 3))
+    assert bench._is_color(fitted.transforms_[0])
+    mixture = bench.make_model("dtigmm", "mnist-color", seed=3)
+    assert bench._is_color(mixture.transforms[0])
+    assert tuple(mixture.transforms[1:]) == tuple(DTIGaussianMixture().transforms)
 
 
 def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):

@@ -235,9 +235,11 @@ def _spy_trials(monkeypatch, estimator_class):
         snapshots.append(snapshot)
         return snapshot
 
-    def spy(self, network, optimizer, data, starts, epoch, generator, state):
+    def spy(self, network, optimizer, data, starts, epoch, generator, state, progress):
         first = len(snapshots)
-        losses = real_try(self, network, optimizer, data, starts, epoch, generator, state)
+        losses = real_try(
+            self, network, optimizer, data, starts, epoch, generator, state, progress
+        )
         kept = {k: v.clone() for k, v in network.state_dict().items()}
         trials.append({"epoch": epoch, "losses": losses, "kept": kept,
                        "snapshots": snapshots[first:]})
@@ -328,16 +330,37 @@ def test_one_tried_move_per_fit_after_the_last_transformation_starts(three_digit
     model.fit(X[:200])
     starts = curriculum_starts("auto", model.transforms_, 30)
     assert starts == [4, 10]
-    assert [t["epoch"] for t in trials[:1]] == [10 + 2]  # two epochs after the last start
-    # 1,200 steps would be 300 epochs of 4 steps here: the branches stop after
-    # trial_max_epochs, or at the decay (epoch 27) when that comes first.
-    assert len(trials[0]["losses"]) == model.trial_max_epochs == 8
-    short = DTIKMeans(3, transforms=["aff", "mor"], max_iter=30, batch_size=50, random_state=0)
-    short.trial_max_epochs = 100
-    short.fit(X[:200])
-    assert decay_start(30) == 27
-    assert len(trials[1]["losses"]) == 27 - 12 - 1
+    assert [t["epoch"] for t in trials] == [10 + 2]  # two epochs after the last start
+    # Both branches run to the end of the schedule, the decay included.
+    assert len(trials[0]["losses"]) == 30 - 12 - 1
     assert len(model.loss_curve_) == 30
+
+
+def test_both_branches_of_a_tried_move_make_their_own_checks(three_digits, monkeypatch):
+    """Each branch goes on with the regular split-and-merge checks until the decay."""
+    X, _ = three_digits
+    real_check = DTIKMeans._split_and_merge
+    calls = []
+
+    def record(self, network, optimizer, data, active, generator, force=False):
+        step = int(optimizer.state[network.prototypes]["step"])
+        calls.append(("forced" if force else "check", step))
+        return real_check(self, network, optimizer, data, active, generator, force=force)
+
+    monkeypatch.setattr(DTIKMeans, "_split_and_merge", record)
+    model = DTIKMeans(3, transforms=["aff"], max_iter=30, batch_size=50, random_state=0)
+    model.split_merge_every = 8  # a check every second epoch (four steps per epoch)
+    model.fit(X[:200])
+    kinds = [kind for kind, _ in calls]
+    assert kinds.count("forced") == 1
+    forced = kinds.index("forced")
+    trial_step = calls[forced][1]
+    without = [step for _, step in calls[:forced] if step > trial_step]
+    with_move = [step for _, step in calls[forced + 1:]]
+    # the same checks in both branches, the last one after epoch 25, the
+    # epoch before the decay (epoch 27; checks stop one epoch ahead of it)
+    assert decay_start(30) == 27
+    assert without == with_move == list(range(trial_step + 8, 26 * 4 + 1, 8))
 
 
 def test_no_tried_move_without_shape_transformations_or_when_switched_off(
@@ -347,7 +370,7 @@ def test_no_tried_move_without_shape_transformations_or_when_switched_off(
     trials = _spy_trials(monkeypatch, DTIKMeans)
     DTIKMeans(3, transforms=None, max_iter=20, batch_size=50, random_state=0).fit(X[:200])
     off = DTIKMeans(3, transforms=["aff"], max_iter=20, batch_size=50, random_state=0)
-    off.trial_steps = 0
+    off.try_moves = False
     off.fit(X[:200])
     assert trials == []
 
