@@ -213,7 +213,7 @@ def _with_color(defaults: Any) -> tuple:
     """Prepend the colour transformation to an estimator's default ``transforms``.
 
     DTIKMeans's ``"auto"`` is kept: it puts the colour in front by itself on
-    images of 8 x 8 pixels or more.
+    images of 16 x 16 pixels or more.
     """
     if isinstance(defaults, str) and defaults == "auto":
         return defaults

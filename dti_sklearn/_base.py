@@ -50,7 +50,7 @@ from dti_sklearn.transforms import Identity, Transformation, make_transformation
 from dti_sklearn.transforms._base import has_photometric
 
 #: Default transformation sequence of the mixture, and of DTIKMeans on images
-#: smaller than 8 x 8: the paper's MNIST modules, with the two warps next to
+#: smaller than 16 x 16: the paper's MNIST modules, with the two warps next to
 #: each other so that they share one sampling grid.
 DEFAULT_TRANSFORMS = ("affine", "thin_plate_spline", "morphological")
 

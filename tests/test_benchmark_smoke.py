@@ -168,8 +168,8 @@ def test_standardised_model_is_a_pipeline_with_the_grey_defaults(bench):
     assert dti.random_state == 3 and dti.max_iter == 2
     assert dti.transforms == DTIKMeans().transforms
     coloured = bench.make_model("dtikmeans", "mnist-color", seed=3)
-    assert coloured.transforms == "auto"  # the colour in front on 28 x 28 images
-    fitted = coloured.set_params(max_iter=1).fit(np.random.RandomState(0).rand(10, 8, 8, 3))
+    assert coloured.transforms == "auto"  # the colour in front on images of 16 x 16 or more
+    fitted = coloured.set_params(max_iter=1).fit(np.random.RandomState(0).rand(10, 16, 16, 3))
     assert bench._is_color(fitted.transforms_[0])
     mixture = bench.make_model("dtigmm", "mnist-color", seed=3)
     assert bench._is_color(mixture.transforms[0])
