@@ -273,7 +273,11 @@ class BaseDTI(
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         self._resolve_auto_parameters(images)
-        transformations = make_transformations(self._transform_specs(images))
+        height, width = images.shape[2:]
+        transformations = [
+            t.for_image_size(height, width)
+            for t in make_transformations(self._transform_specs(images))
+        ]
         self._epochs = _auto_epochs(
             self.max_iter, n_samples, self.batch_size, self._auto_steps(transformations)
         )

@@ -374,6 +374,49 @@ def test_invalid_configurations_raise():
         Affine(padding_mode="wrap").apply(torch.zeros(1, 1, 4, 4), torch.zeros(1, 6))
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "expected"),
+    [(1, 64, 3), (8, 8, 3), (15, 40, 3), (16, 16, 5), (23, 23, 5), (24, 30, 7), (28, 28, 7),
+     (64, 64, 7)],
+)
+def test_auto_kernel_size_follows_the_smaller_side(height, width, expected):
+    resolved = Morphological().for_image_size(height, width)
+    assert resolved.kernel_size == expected
+    assert resolved.n_parameters(1) == 1 + expected**2
+
+
+def test_for_image_size_copies_only_what_it_resolves():
+    auto = Morphological()
+    resolved = auto.for_image_size(16, 16)
+    assert resolved is not auto and auto.kernel_size == "auto"  # the original is left alone
+    fixed = Morphological(kernel_size=7)
+    assert fixed.for_image_size(8, 8) is fixed  # an explicit size is kept
+    for transformation in (Affine(), ThinPlateSpline(), Color(), Identity()):
+        assert transformation.for_image_size(8, 8) is transformation
+
+
+def test_unresolved_auto_kernel_asks_for_an_image_size():
+    with pytest.raises(ValueError, match="for_image_size"):
+        Morphological().n_parameters(1)
+    with pytest.raises(ValueError, match="'auto'"):
+        Morphological(kernel_size="big").n_parameters(1)
+    with pytest.raises(ValueError, match="kernel_size"):
+        Morphological(kernel_size=True).n_parameters(1)
+
+
+def test_auto_kernel_applies_as_the_identity_at_zero_parameters():
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(Morphological().apply(images, torch.zeros(2, 1 + 5 * 5)), images)
+
+
+def test_fitted_estimators_hold_the_resolved_kernel():
+    X = load_digits().images[:60] / 16
+    model = DTIKMeans(3, transforms=["mor"], max_iter=1, random_state=0).fit(X)
+    assert model.transforms_[0].kernel_size == 3  # 8 x 8 images
+    assert model.transforms == ["mor"]  # the parameter as given
+    assert model.predict(X).shape == (60,)
+
+
 # ----------------------------------------------------------- per-image conv
 @pytest.mark.parametrize(("groups", "height", "width", "k"), [(3, 4, 5, 3), (2, 2, 3, 5)])
 def test_per_image_conv_gradcheck(groups, height, width, k):

@@ -137,6 +137,25 @@ class Transformation(BaseEstimator):
         """
         raise NotImplementedError
 
+    def for_image_size(self, height: int, width: int) -> Transformation:
+        """The transformation to apply to images of this size.
+
+        A transformation whose settings depend on the image size (given as
+        ``"auto"``) returns a copy with them resolved; the estimators call
+        this on their own copies at the start of ``fit``, so the fitted
+        ``transforms_`` show the values used.  Returns ``self`` here.
+
+        Parameters
+        ----------
+        height, width : int
+            Image size in pixels.
+
+        Returns
+        -------
+        Transformation
+        """
+        return self
+
     @property
     def solved(self) -> bool:
         """Whether the parameters are solved for against each sample (:meth:`solve`).
