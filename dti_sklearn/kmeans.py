@@ -25,7 +25,8 @@ def auto_transforms(height: int, width: int) -> tuple[str, ...]:
     (docs/benchmarks.md).  Smaller images, and rows of tabular data read as
     ``1 x d`` images, get the warps only: with few pixels a gain and an
     offset fit much of a sample (on the 8 x 8 ``load_digits`` the colour
-    cost 0.7 points of mean ACC).
+    cost 0.7 points of mean ACC).  The morphological window follows the
+    image size as well (:func:`~dti_sklearn.transforms.morphological.auto_kernel_size`).
 
     Parameters
     ----------
