@@ -16,7 +16,6 @@ import torch
 
 from dti_sklearn import DTIGaussianMixture, DTIKMeans
 from dti_sklearn._torch.network import PrototypeNetwork
-from dti_sklearn.transforms import make_transformations
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -47,7 +46,8 @@ def main(argv: list[str] | None = None) -> float:
     data = torch.rand(batch * 8, *shape, generator=gen)
     centres = data[: args.n_clusters].clone()
     estimator.n_features_in_ = data[0].numel()
-    transformations = make_transformations(estimator.transforms)
+    estimator._resolve_auto_parameters(data.numpy())  # as fit does (the mixture's var_min)
+    transformations = estimator._build_transformations(data.numpy())
     network = PrototypeNetwork(
         centres, transformations, **estimator._network_kwargs(data, centres)
     )

@@ -200,6 +200,12 @@ class BaseDTI(
         """The ``transforms`` to build for these ``(N, C, H, W)`` images (hook)."""
         return self.transforms
 
+    def _build_transformations(self, images: np.ndarray) -> list[Transformation]:
+        """Fresh transformation objects for these ``(N, C, H, W)`` images, sizes resolved."""
+        height, width = images.shape[2:]
+        specs = make_transformations(self._transform_specs(images))
+        return [t.for_image_size(height, width) for t in specs]
+
     def _resolve_auto_parameters(self, images: np.ndarray) -> None:
         """Set the fitted values of parameters given as ``"auto"`` (hook)."""
 
@@ -273,11 +279,7 @@ class BaseDTI(
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
         self._resolve_auto_parameters(images)
-        height, width = images.shape[2:]
-        transformations = [
-            t.for_image_size(height, width)
-            for t in make_transformations(self._transform_specs(images))
-        ]
+        transformations = self._build_transformations(images)
         self._epochs = _auto_epochs(
             self.max_iter, n_samples, self.batch_size, self._auto_steps(transformations)
         )

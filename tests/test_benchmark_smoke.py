@@ -191,6 +191,20 @@ def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
         module.main(["--sync-only"])
 
 
+@pytest.mark.parametrize("model", ["kmeans", "gmm"])
+def test_profile_step_runs_the_defaults(model, capsys):
+    """benchmarks/profile_step.py builds each estimator's default sequence, "auto" settings
+    resolved as in fit, and times a few steps."""
+    spec = importlib.util.spec_from_file_location(
+        "profile_step", REPO_ROOT / "benchmarks" / "profile_step.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rate = module.main(["--model", model, "--size", "16", "--steps", "1", "--batch-size", "8"])
+    assert rate > 0
+    assert "Morphological" in capsys.readouterr().out
+
+
 def test_parallel_runs_keep_the_specs_order(bench, monkeypatch):
     """``--jobs`` runs specs concurrently and still returns their records in order."""
     import threading

@@ -309,7 +309,8 @@ def test_training_gradients_do_not_depend_on_thread_scheduling(estimator):
         torch.manual_seed(0)
         centres = x[:K].clone()
         network = PrototypeNetwork(
-            centres, make_transformations(["aff", "mor"]),
+            centres,
+            [t.for_image_size(28, 28) for t in make_transformations(["aff", "mor"])],
             **estimator._network_kwargs(x, centres),
         )
     saved = torch.get_num_threads()
