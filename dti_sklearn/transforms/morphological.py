@@ -110,7 +110,9 @@ class Morphological(Transformation):
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Apply the soft morphological operator to every image."""
         n, c, height, width = images.shape
-        k = self.for_image_size(height, width).kernel_size
+        k = self.kernel_size
+        if k == "auto":
+            k = auto_kernel_size(height, width)
         sharpness = params[:, :1].view(n, 1, 1, 1)
         # The centre tap as a comparison, not an indexed write: writing a
         # Python number into a CUDA tensor copies it from the host and waits.
