@@ -15,6 +15,7 @@ import time
 import torch
 
 from dti_sklearn import DTIGaussianMixture, DTIKMeans
+from dti_sklearn._malloc import tune_malloc
 from dti_sklearn._torch.network import PrototypeNetwork
 
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> float:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    tune_malloc()  # as fit does (DTI_SKLEARN_TUNE_MALLOC=0 leaves the allocator alone)
     cls = DTIKMeans if args.model == "kmeans" else DTIGaussianMixture
     estimator = cls(args.n_clusters, random_state=0)
     if args.transforms is not None:

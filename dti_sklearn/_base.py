@@ -33,6 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from dti_sklearn._images import ImageLayout, validate_images
+from dti_sklearn._malloc import tune_malloc
 from dti_sklearn._params import NestedTransformsParamsMixin
 from dti_sklearn._persistence import DeviceSafePickleMixin
 from dti_sklearn._schedule import (
@@ -274,6 +275,7 @@ class BaseDTI(
         self : object
             The fitted estimator.
         """
+        tune_malloc()
         images = validate_images(self, X, image_shape=self.image_shape, reset=True)
         n_samples, k = images.shape[0], self._n_clusters
         if n_samples < k:
@@ -617,6 +619,7 @@ class BaseDTI(
         self, data: torch.Tensor, network: PrototypeNetwork | None = None,
     ) -> np.ndarray:
         """(n, K) float64 costs of every sample against every aligned prototype."""
+        tune_malloc()
         network = self.network_ if network is None else network
         network.eval()
         chunks = []
