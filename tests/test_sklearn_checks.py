@@ -29,7 +29,10 @@ _BATCH_ROUNDING = (
     "mixture's costs divide squared errors by variances down to var_min, which amplifies "
     "this: on the check's data and on 4 of 10 other seeds the mixture exceeds the tolerance "
     "up to 4.9-fold. Float64 inference (encoder, heads and alignment) removes it: worst case "
-    "4e-8 of the tolerance, verified with a patched BaseDTI._compute_costs."
+    "4e-8 of the tolerance, verified with a patched BaseDTI._compute_costs. Whether the "
+    "check's own data passes also depends on where the arrays lie in memory: with glibc's "
+    "default allocator thresholds (DTI_SKLEARN_TUNE_MALLOC=0) both checks passed, with the "
+    "package's thresholds the sample-order check failed."
 )
 
 
