@@ -349,6 +349,64 @@ def test_composed_affine_warps_sample_once_at_the_composed_grid():
     assert not torch.allclose(out, apply_warps(images, [Affine(), Affine()], [p2, p1]), atol=1e-3)
 
 
+@pytest.mark.parametrize("padding_mode", ["border", "zeros", "reflection"])
+@pytest.mark.parametrize(
+    "warps",
+    [[Affine()], [Projective()], [ThinPlateSpline(grid_size=3)], [Affine(), ThinPlateSpline()]],
+    ids=lambda w: "+".join(type(t).__name__ for t in w),
+)
+def test_warping_each_image_equals_warping_its_copies(warps, padding_mode):
+    # apply_warps_to_each samples K images with B grids each in one call; it
+    # must give apply_warps on the K x B copies value for value.
+    from dti_sklearn.transforms.spatial import apply_warps, apply_warps_to_each
+
+    for w in warps:
+        w.set_params(padding_mode=padding_mode)
+    torch.manual_seed(0)
+    k, b, c = 3, 5, 2
+    images = torch.rand(k, c, 9, 7)
+    params = [0.2 * torch.randn(k, b, w.n_parameters(c)) for w in warps]
+    each = apply_warps_to_each(images, warps, params)
+    copies = images.unsqueeze(1).expand(k, b, c, 9, 7).reshape(k * b, c, 9, 7)
+    expected = apply_warps(copies, warps, [p.reshape(k * b, -1) for p in params])
+    assert each.shape == (k, b, c, 9, 7)
+    assert torch.equal(each.reshape(k * b, c, 9, 7), expected)
+    assert not torch.equal(each[:, 0], each[:, 1])  # the B grids differ
+
+
+@pytest.mark.parametrize("with_deviations", [False, True])
+def test_network_aligns_all_pairs_as_with_copies(with_deviations):
+    # PrototypeNetwork.align samples the prototypes themselves when it aligns
+    # all pairs; the result must match the per-pair path bit for bit, and the
+    # gradient reach the prototypes alike.
+    from dti_sklearn._torch.network import PrototypeNetwork
+
+    torch.manual_seed(0)
+    prototypes = torch.rand(4, 1, 12, 12)
+    network = PrototypeNetwork(
+        prototypes, [Affine(), ThinPlateSpline(grid_size=3), Morphological(kernel_size=3)],
+        log_deviations=torch.zeros_like(prototypes) if with_deviations else None,
+    )
+    with torch.no_grad():
+        for p in network.heads.parameters():
+            p.normal_(0, 0.05)
+    x = torch.rand(6, 1, 12, 12)
+    params = network.predict_parameters(x)
+    every = torch.arange(4).expand(6, 4)  # the clusters path: per-pair copies
+    results = []
+    for clusters in (None, every):
+        network.zero_grad()
+        means, stds = network.align(params, 6, clusters=clusters)
+        loss = means.square().sum() + (0 if stds is None else stds.square().sum())
+        loss.backward(retain_graph=True)
+        results.append((means.detach(), stds, network.prototypes.grad.clone()))
+    (shared, shared_stds, shared_grad), (copies, copies_stds, copies_grad) = results
+    assert torch.equal(shared, copies)
+    if with_deviations:
+        assert torch.equal(shared_stds, copies_stds)
+    torch.testing.assert_close(shared_grad, copies_grad, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("transformation", "n_params"),
     [

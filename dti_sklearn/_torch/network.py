@@ -10,7 +10,7 @@ from dti_sklearn._torch.heads import PrototypeHeads
 from dti_sklearn._torch.standardize import standardize_channels
 from dti_sklearn.transforms import Transformation
 from dti_sklearn.transforms._base import has_photometric
-from dti_sklearn.transforms.spatial import apply_warps, composable
+from dti_sklearn.transforms.spatial import _Warp, apply_warps, apply_warps_to_each, composable
 
 
 class PrototypeNetwork(nn.Module):
@@ -241,30 +241,49 @@ class PrototypeNetwork(nn.Module):
             stds = None if stds is None else stds.unsqueeze(0)
         means = means.expand(batch, k, c, height, width)
         stds = None if stds is None else stds.expand(batch, k, c, height, width)
-        means, stds = self._warp(means, stds, params, active)
+        means, stds = self._warp(means, stds, params, active, shared=clusters is None)
         for transformation in solved:
             means = transformation.solve(means, images)
         return means, stds
 
     def _warp(
         self, means: torch.Tensor, stds: torch.Tensor | None,
-        params: list[torch.Tensor], active: list[int],
+        params: list[torch.Tensor], active: list[int], shared: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Apply the active predicted transformations to (B, K, C, H, W) copies."""
+        """Apply the active predicted transformations to (B, K, C, H, W) copies.
+
+        ``shared`` says that the copies are the K prototypes broadcast over
+        the batch: a leading run of warps then samples the prototypes
+        themselves (:func:`~dti_sklearn.transforms.spatial.apply_warps_to_each`).
+        """
         if not active:
             return means, stds
         batch, k, c, height, width = means.shape
-        means = means.reshape(batch * k, c, height, width)
-        stds = None if stds is None else stds.reshape(batch * k, c, height, width)
-        betas = [beta.reshape(batch * k, -1) for beta in params]
-        for run, run_betas in self._runs([self.transformations[m] for m in active], betas):
+        runs = list(self._runs(
+            [self.transformations[m] for m in active],
+            [beta.reshape(batch * k, -1) for beta in params],
+        ))
+        if shared and _samples_each(runs[0][0]):
+            run = runs.pop(0)[0]
+            both = means[0] if stds is None else torch.cat([means[0], stds[0]], dim=1)
+            warped = apply_warps_to_each(
+                both, run, [beta.transpose(0, 1) for beta in params[: len(run)]],
+            )
+            # One copy back to the (B, K) order of the pairs.
+            warped = warped.transpose(0, 1).reshape(batch * k, -1, height, width)
+            means = warped[:, :c]
+            stds = None if stds is None else warped[:, c:]
+        else:
+            means = means.reshape(batch * k, c, height, width)
+            stds = None if stds is None else stds.reshape(batch * k, c, height, width)
+        for run, run_betas in runs:
             if run[0].spatial and stds is not None:
                 both = self._apply_run(torch.cat([means, stds], dim=1), run, run_betas)
                 means, stds = both[:, :c], both[:, c:]
             else:
                 means = self._apply_run(means, run, run_betas)
-        means = means.view(batch, k, c, height, width)
-        stds = None if stds is None else stds.view(batch, k, c, height, width)
+        means = means.reshape(batch, k, c, height, width)
+        stds = None if stds is None else stds.reshape(batch, k, c, height, width)
         return means, stds
 
     def forward(
@@ -284,3 +303,14 @@ class PrototypeNetwork(nn.Module):
         """
         params = self.predict_parameters(images, active)
         return self.align(params, images.shape[0], active, images=images)
+
+
+def _samples_each(run: list[Transformation]) -> bool:
+    """Whether a run is warps that :func:`apply_warps_to_each` can apply.
+
+    A single warp qualifies only with the shared ``apply``, so that a
+    subclass overriding it keeps its own.
+    """
+    if not all(isinstance(t, _Warp) for t in run):
+        return False
+    return len(run) > 1 or type(run[0]).apply is _Warp.apply
