@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -17,15 +18,23 @@ def _block(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
     )
 
 
+#: Largest shorter side, in pixels, that the encoder's convolutions read.
+MAX_SIDE = 32
+
+
 class Encoder(nn.Module):
     """Map ``(N, C, H, W)`` images to ``(N, n_features)`` feature vectors.
 
-    Stride-2 convolutions (the stem first) until the shorter side is at most
-    8 pixels (none for 8 x 8 images, two for 28 x 28, three for 64 x 64),
-    each doubling the width up to 128, then one more convolution that
-    doubles it again.  The last
-    feature map is average-pooled to at most 4 x 4 cells and *flattened*
-    rather than globally pooled, so the features keep the positions that the
+    Images whose shorter side exceeds :data:`MAX_SIDE` pixels are first
+    average-pooled by the smallest power of two that brings it within (64 x 64
+    images are read at 32 x 32): the transformation parameters are coarse
+    quantities, and at full size the convolutions cost as much as the rest
+    of a training step.  Then stride-2 convolutions (the stem first) until
+    the shorter side is at most 8 pixels (none for 8 x 8 images, two for
+    28 x 28 and for 64 x 64), each doubling the width up to 128, then one
+    more convolution that doubles it again.  The last feature map is
+    average-pooled to at most 4 x 4 cells and *flattened* rather than
+    globally pooled, so the features keep the positions that the
     transformation heads need to align prototypes.  GroupNorm instead of
     BatchNorm makes every sample's features independent of the rest of its
     batch, in training and at prediction alike.
@@ -53,6 +62,10 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         height, wide = image_size
+        self.input_pool = 1
+        while min(height, wide) > MAX_SIDE:
+            self.input_pool *= 2
+            height, wide = (height + 1) // 2, (wide + 1) // 2
         shorter = min(height, wide)
         n_down = math.ceil(math.log2(shorter / 8)) if shorter > 8 else 0
         # The stem itself has stride 2 when the images are larger than 8 x 8:
@@ -81,12 +94,16 @@ class Encoder(nn.Module):
         )
         self.n_features = n_features
 
-    #: Default for encoders pickled before the attribute existed.
+    #: Defaults for encoders pickled before the attributes existed.
     statistics_channels: int = 0
+    input_pool: int = 1
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Encode a batch of images."""
-        features = self.pool(self.features(images))
+        pooled = images
+        if self.input_pool > 1:
+            pooled = F.avg_pool2d(images, self.input_pool, ceil_mode=True)
+        features = self.pool(self.features(pooled))
         if self.statistics_channels:
             values = images[:, : self.statistics_channels].flatten(2)
             statistics = [
