@@ -627,3 +627,20 @@ def test_user_defined_transformation_end_to_end():
     broadcast = np.broadcast_to(model.prototypes_, aligned.shape)
     # the heads learned non-zero translations, so the prototypes moved
     assert np.abs(aligned - broadcast).max() > 1e-3
+
+
+def test_linear_grid_has_the_same_values_with_and_without_gradient():
+    # _linear_grid builds grids from two different matrix products depending
+    # on whether a gradient is needed; both must give the same grids
+    from dti_sklearn.transforms.spatial import _linear_grid, _tps_matrix
+
+    torch.manual_seed(0)
+    basis = _tps_matrix(11, 9, 3, "cpu", torch.float32)
+    coefficients = torch.randn(7, basis.shape[1], 2)
+    with torch.no_grad():
+        plain = _linear_grid(basis, coefficients)
+    tracked = _linear_grid(basis, coefficients.clone().requires_grad_(True))
+    assert plain.shape == tracked.shape == (7, 99, 2)
+    torch.testing.assert_close(plain, tracked.detach(), rtol=1e-6, atol=1e-6)
+    expected = torch.einsum("pq,nqd->npd", basis.double(), coefficients.double()).float()
+    torch.testing.assert_close(plain, expected, rtol=1e-5, atol=1e-5)
