@@ -18,6 +18,9 @@ virtual machine (torch 2.13):
   two runs each; and a whole fit with the defaults, 494 against 493 s with
   one thread), most likely because the process had freed blocks near the
   31 MB of the data set, which raised the adaptive threshold already;
+* MNIST resized to 16 x 16 (``max_iter=6``, two comparisons of five
+  alternating runs): 1.10 and 0.98 times the time with the defaults, no
+  measurable change;
 * single training steps on random data (``benchmarks/profile_step.py``,
   medians of three alternating runs): 31 against 21 ms on 28 x 28 images,
   120 against 84 ms on 64 x 64.
