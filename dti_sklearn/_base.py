@@ -691,12 +691,17 @@ class BaseDTI(
         data = self._validated_tensor(X)
         network = self.network_
         network.eval()
-        chunks = []
+        # Filled in place, like the costs: no list of chunks beside the result.
+        aligned = torch.empty(
+            (data.shape[0], *network.prototypes.shape), dtype=torch.float64,
+        )
+        start = 0
         with torch.no_grad():
             for x, n_valid in _inference_chunks(data):
                 means, _ = network(x)
-                chunks.append(means[:n_valid].cpu().double())
-        aligned = self._layout.to_user(torch.cat(chunks).numpy())
+                aligned[start:start + n_valid].copy_(means[:n_valid])
+                start += n_valid
+        aligned = self._layout.to_user(aligned.numpy())
         if self._layout.flat:
             aligned = aligned.reshape(aligned.shape[0], aligned.shape[1], -1)
         return aligned

@@ -188,6 +188,9 @@ def test_colour_and_projective_modules_run_on_colour_images(color_digits):
     assert aligned.shape == (5, K, H, W, 3)
     broadcast = np.broadcast_to(model.prototypes_, aligned.shape)
     assert np.abs(aligned - broadcast).max() > 1e-3
+    # Channels last, like the input: transform() is the distance to these.
+    expected = np.sqrt(((color_digits[:5, None] - aligned) ** 2).sum(axis=(2, 3, 4)))
+    np.testing.assert_allclose(model.transform(color_digits[:5]), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_pickle_round_trip(fitted, digits):
