@@ -32,8 +32,9 @@ _BATCH_ROUNDING = (
     "4e-8 of the tolerance, verified with a patched BaseDTI._compute_costs. Whether the "
     "check's own data passes also depends on where the arrays lie in memory: with glibc's "
     "default allocator thresholds (DTI_SKLEARN_TUNE_MALLOC=0) both checks passed; with the "
-    "package's thresholds the sample-order check failed, and passed again once the costs "
-    "went into one preallocated array (039806d) instead of a list of chunks."
+    "package's thresholds the sample-order check failed. Since the costs go into one "
+    "preallocated array (039806d) it passes in some runs and not in others: two fresh-clone "
+    "CI runs of the same package code gave two passes, then one pass and one failure."
 )
 
 
