@@ -622,17 +622,10 @@ class BaseDTI(
         tune_malloc()
         network = self.network_ if network is None else network
         network.eval()
-        # One output array filled in place: a small tensor kept per chunk
-        # lands between the chunk's large temporaries and fragments the heap,
-        # which grew resident memory by about 20 MB per chunk on 64 x 64 images.
         costs = torch.empty((data.shape[0], network.prototypes.shape[0]), dtype=torch.float64)
-        start = 0
-        for x, n_valid in _inference_chunks(data):
-            means, deviations = network(x)
-            chunk = self._costs(network, x, means, deviations)[:n_valid]
-            costs[start:start + n_valid].copy_(chunk)
-            start += n_valid
-        return costs.numpy()
+        return _fill_in_chunks(
+            costs, data, lambda x: self._costs(network, x, *network(x)),
+        ).numpy()
 
     def _validated_tensor(self, X) -> torch.Tensor:
         check_is_fitted(self)
@@ -691,16 +684,11 @@ class BaseDTI(
         data = self._validated_tensor(X)
         network = self.network_
         network.eval()
-        # Filled in place, like the costs: no list of chunks beside the result.
         aligned = torch.empty(
             (data.shape[0], *network.prototypes.shape), dtype=torch.float64,
         )
-        start = 0
         with torch.no_grad():
-            for x, n_valid in _inference_chunks(data):
-                means, _ = network(x)
-                aligned[start:start + n_valid].copy_(means[:n_valid])
-                start += n_valid
+            _fill_in_chunks(aligned, data, lambda x: network(x)[0])
         aligned = self._layout.to_user(aligned.numpy())
         if self._layout.flat:
             aligned = aligned.reshape(aligned.shape[0], aligned.shape[1], -1)
@@ -763,6 +751,21 @@ def _inference_chunks(data: torch.Tensor):
         if n_valid < size:
             chunk = torch.cat([chunk, chunk.new_zeros((size - n_valid, *chunk.shape[1:]))])
         yield chunk, n_valid
+
+
+def _fill_in_chunks(out: torch.Tensor, data: torch.Tensor, compute) -> torch.Tensor:
+    """Write ``compute(chunk)`` for every chunk of ``data`` into the rows of ``out``.
+
+    ``out`` is allocated once by the caller: a small result tensor kept per
+    chunk would land in the heap between that chunk's large temporaries and
+    keep their space from being reused (resident memory grew by about 20 MB
+    per chunk on 64 x 64 images, docs/benchmarks.md).
+    """
+    start = 0
+    for x, n_valid in _inference_chunks(data):
+        out[start:start + n_valid].copy_(compute(x)[:n_valid])
+        start += n_valid
+    return out
 
 
 def _batches(order: torch.Tensor, batch_size: int):
