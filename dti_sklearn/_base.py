@@ -185,6 +185,13 @@ class BaseDTI(
     #: Whether a fit tries one split-and-merge move by training the rest of
     #: the schedule with and without it (see ``_try_move``).
     try_moves = True
+    #: Candidates that each initialisation races through its first epochs
+    #: with a shape-changing transformation; the one with the lowest objective
+    #: then is trained to the end (see ``_fit_single``; 1 switches it off).
+    n_candidates = 3
+    #: Epochs that the race trains with the first shape-changing
+    #: transformation on.
+    race_epochs = 2
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
     #: Gradient steps that ``max_iter="auto"`` aims for without a colour
@@ -346,7 +353,55 @@ class BaseDTI(
         self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
         starts: list[int], seed: int, init_index: int,
     ) -> _Run:
-        """Train one network from one initialisation."""
+        """Train one network from one initialisation.
+
+        Runs from different starts part early: on MNIST-test the training
+        losses of five runs fell in two groups one or two epochs after the
+        affine transformation came on, and kept that order to the end (final
+        losses about 0.011 against 0.013 per value, the lower group the more
+        accurate).  So ``n_candidates`` starts (the first from ``seed``) are
+        trained until ``race_epochs`` epochs after the first shape-changing
+        transformation starts, and only the one with the lowest objective on
+        the training set goes on.
+        """
+        race_end = self._race_end(transformations, starts)
+        n_candidates = 1 if race_end is None else self.n_candidates
+        progress = tqdm(
+            total=self._epochs + (n_candidates - 1) * (race_end or 0),
+            disable=not self.verbose, leave=False,
+            desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
+        )
+        seeds = [seed, *np.random.RandomState(seed).randint(
+            np.iinfo(np.int32).max, size=n_candidates - 1
+        )]
+        first, loss_curve, best, best_objective = 0, [], None, math.inf
+        for candidate_seed in seeds:
+            candidate = self._start_training(data, images, transformations, int(candidate_seed))
+            if n_candidates == 1:
+                best = candidate
+                break
+            losses = self._train_epochs(
+                *candidate, data, starts, 0, progress, last=race_end
+            )
+            objective = self._final_loss(self._compute_costs(data, candidate[0]))
+            candidate[0].train()
+            if best is None or objective < best_objective:
+                best, best_objective, loss_curve, first = candidate, objective, losses, race_end
+        assert best is not None
+        network = best[0]
+        loss_curve += self._train_epochs(
+            *best, data, starts, first, progress, self._trial_epoch(transformations, starts)
+        )
+        progress.close()
+        network.eval()
+        costs = self._compute_costs(data, network)
+        return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
+
+    def _start_training(
+        self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
+        seed: int,
+    ) -> tuple[PrototypeNetwork, torch.optim.Optimizer, torch.Generator, _TrainState]:
+        """A new network in training mode, its optimizer, batch generator and counters."""
         device = data.device
         generator = torch.Generator().manual_seed(seed)
         colour_blind = has_photometric(transformations)
@@ -358,26 +413,35 @@ class BaseDTI(
             ).to(device)
         optimizer = self._make_optimizer(network)
         state = _TrainState(counts=torch.zeros(self._n_clusters, device=device))
-        trial_epoch = self._trial_epoch(transformations, starts)
-        progress = tqdm(
-            total=self._epochs, disable=not self.verbose, leave=False,
-            desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
-        )
         network.train()
-        loss_curve = self._train_epochs(
-            network, optimizer, data, starts, 0, generator, state, progress, trial_epoch
-        )
-        progress.close()
-        network.eval()
-        costs = self._compute_costs(data, network)
-        return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
+        return network, optimizer, generator, state
+
+    def _race_end(
+        self, transformations: list[Transformation], starts: list[int],
+    ) -> int | None:
+        """The epoch at which the race between starts ends, or None for no race.
+
+        ``race_epochs`` after the first shape-changing transformation starts,
+        if that is before the learning-rate decay and the trial epoch.
+        """
+        shaping = [
+            start for start, t in zip(starts, transformations)
+            if not (isinstance(t, Identity) or t.photometric)
+        ]
+        if self.n_candidates < 2 or not shaping:
+            return None
+        end = min(shaping) + self.race_epochs
+        trial = self._trial_epoch(transformations, starts)
+        limit = decay_start(self._epochs) if trial is None else trial + 1
+        return end if end < limit else None
 
     def _train_epochs(
-        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer, data: torch.Tensor,
-        starts: list[int], first: int, generator: torch.Generator, state: _TrainState,
-        progress: tqdm, trial_epoch: int | None = None,
+        self, network: PrototypeNetwork, optimizer: torch.optim.Optimizer,
+        generator: torch.Generator, state: _TrainState, data: torch.Tensor,
+        starts: list[int], first: int, progress: tqdm, trial_epoch: int | None = None,
+        last: int | None = None,
     ) -> list[float]:
-        """Train from epoch ``first`` to the end of the schedule; return the epoch losses.
+        """Train epochs ``first`` to ``last`` (exclusive, default the end); return their losses.
 
         After an epoch, at most once every ``split_merge_every`` steps and
         not during the learning-rate decay, the split-and-merge check runs.
@@ -385,7 +449,7 @@ class BaseDTI(
         rest of the schedule is tried with and without one (:meth:`_try_move`).
         """
         losses: list[float] = []
-        for epoch in range(first, self._epochs):
+        for epoch in range(first, self._epochs if last is None else last):
             losses.append(
                 self._train_epoch(network, optimizer, data, starts, epoch, generator, state)
             )
@@ -481,7 +545,7 @@ class BaseDTI(
                 generator.set_state(start.generator)  # the same batches as without
                 progress.total += self._epochs - epoch - 1
             losses = self._train_epochs(
-                network, optimizer, data, starts, epoch + 1, generator, state, progress
+                network, optimizer, generator, state, data, starts, epoch + 1, progress
             )
             objective = self._final_loss(self._compute_costs(data, network))
             network.train()

@@ -118,9 +118,10 @@ class DTIGaussianMixture(BaseDTI):
 
     Notes
     -----
-    Training makes the split-and-merge moves described in
-    :class:`DTIKMeans`, judged on this model's costs (minus log-likelihoods);
-    the split component's weight is shared by its two halves.
+    Training makes the race between starts and the split-and-merge moves
+    described in :class:`DTIKMeans`, judged on this model's costs (minus
+    log-likelihoods); the split component's weight is shared by its two
+    halves.
 
     See Also
     --------
