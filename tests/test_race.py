@@ -81,6 +81,7 @@ def test_the_race_ends_after_two_epochs_of_the_first_warp(
     spans = _spy_epochs(monkeypatch, estimator_class)
     model = estimator_class(3, transforms=["aff", "mor"], max_iter=30, batch_size=50,
                             random_state=0)
+    model.n_candidates = 3  # the mixture's default is 1
     model.try_moves = False
     model.fit(few_digits)
     starts = curriculum_starts("auto", model.transforms_, 30)
@@ -110,3 +111,10 @@ def test_each_initialisation_races_its_own_starts(few_digits, monkeypatch):
     assert len(networks) == 2 * model.n_candidates
     prototypes = {networks[i].prototypes.detach().numpy().tobytes() for i in range(6)}
     assert len(prototypes) == 6
+
+
+def test_the_mixture_runs_one_start_by_default(few_digits, monkeypatch):
+    networks = _spy_starts(monkeypatch, DTIGaussianMixture)
+    DTIGaussianMixture(3, transforms=["aff"], max_iter=6, batch_size=50,
+                       random_state=0).fit(few_digits)
+    assert len(networks) == 1
