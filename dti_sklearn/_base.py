@@ -16,6 +16,7 @@ import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -100,6 +101,15 @@ class _TrainState:
     counts: torch.Tensor
     iteration: int = 0
     last_check: int = 0
+
+
+class _Start(NamedTuple):
+    """A network in training and what trains it, in ``_train_epochs``'s argument order."""
+
+    network: PrototypeNetwork
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    state: _TrainState
 
 
 @dataclass
@@ -353,17 +363,7 @@ class BaseDTI(
         self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
         starts: list[int], seed: int, init_index: int,
     ) -> _Run:
-        """Train one network from one initialisation.
-
-        Runs from different starts part early: on MNIST-test the training
-        losses of five runs fell in two groups one or two epochs after the
-        affine transformation came on, and kept that order to the end (final
-        losses about 0.011 against 0.013 per value, the lower group the more
-        accurate).  So ``n_candidates`` starts (the first from ``seed``) are
-        trained until ``race_epochs`` epochs after the first shape-changing
-        transformation starts, and only the one with the lowest objective on
-        the training set goes on.
-        """
+        """Train one network from one initialisation (after a race between starts)."""
         race_end = self._race_end(transformations, starts)
         n_candidates = 1 if race_end is None else self.n_candidates
         progress = tqdm(
@@ -371,36 +371,57 @@ class BaseDTI(
             disable=not self.verbose, leave=False,
             desc=f"{type(self).__name__} init {init_index + 1}/{self.n_init}",
         )
-        seeds = [seed, *np.random.RandomState(seed).randint(
-            np.iinfo(np.int32).max, size=n_candidates - 1
-        )]
-        first, loss_curve, best, best_objective = 0, [], None, math.inf
-        for candidate_seed in seeds:
-            candidate = self._start_training(data, images, transformations, int(candidate_seed))
-            if n_candidates == 1:
-                best = candidate
-                break
-            losses = self._train_epochs(
-                *candidate, data, starts, 0, progress, last=race_end
+        if n_candidates == 1:
+            best, loss_curve = self._start_training(data, images, transformations, seed), []
+        else:
+            best, loss_curve = self._race(
+                data, images, transformations, starts, seed, race_end, progress
             )
-            objective = self._final_loss(self._compute_costs(data, candidate[0]))
-            candidate[0].train()
-            if best is None or objective < best_objective:
-                best, best_objective, loss_curve, first = candidate, objective, losses, race_end
-        assert best is not None
-        network = best[0]
         loss_curve += self._train_epochs(
-            *best, data, starts, first, progress, self._trial_epoch(transformations, starts)
+            *best, data, starts, len(loss_curve), progress,
+            self._trial_epoch(transformations, starts),
         )
         progress.close()
+        network = best.network
         network.eval()
         costs = self._compute_costs(data, network)
         return _Run(network, costs, self._final_loss(costs), loss_curve, self._epochs)
 
+    def _race(
+        self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
+        starts: list[int], seed: int, race_end: int, progress: tqdm,
+    ) -> tuple[_Start, list[float]]:
+        """Train ``n_candidates`` starts up to ``race_end``; return the best and its losses.
+
+        Runs from different starts part early: on MNIST-test the training
+        losses of five runs fell in two groups one or two epochs after the
+        affine transformation came on, and kept that order to the end (final
+        losses about 0.011 against 0.013 per value, the lower group the more
+        accurate).  So the starts (the first from ``seed``, the others from
+        seeds drawn from it) are trained until ``race_epochs`` epochs after
+        the first shape-changing transformation starts, and scored by their
+        objective on the training set; only the best goes on.
+        """
+        seeds = [seed, *np.random.RandomState(seed).randint(
+            np.iinfo(np.int32).max, size=self.n_candidates - 1
+        )]
+        best, best_losses, best_objective = None, [], math.inf
+        for candidate_seed in seeds:
+            candidate = self._start_training(data, images, transformations, int(candidate_seed))
+            losses = self._train_epochs(
+                *candidate, data, starts, 0, progress, last=race_end
+            )
+            objective = self._final_loss(self._compute_costs(data, candidate.network))
+            candidate.network.train()
+            if best is None or objective < best_objective:
+                best, best_losses, best_objective = candidate, losses, objective
+        assert best is not None
+        return best, best_losses
+
     def _start_training(
         self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
         seed: int,
-    ) -> tuple[PrototypeNetwork, torch.optim.Optimizer, torch.Generator, _TrainState]:
+    ) -> _Start:
         """A new network in training mode, its optimizer, batch generator and counters."""
         device = data.device
         generator = torch.Generator().manual_seed(seed)
@@ -414,7 +435,7 @@ class BaseDTI(
         optimizer = self._make_optimizer(network)
         state = _TrainState(counts=torch.zeros(self._n_clusters, device=device))
         network.train()
-        return network, optimizer, generator, state
+        return _Start(network, optimizer, generator, state)
 
     def _race_end(
         self, transformations: list[Transformation], starts: list[int],
