@@ -121,8 +121,7 @@ class DTIGaussianMixture(BaseDTI):
     Training makes the split-and-merge moves described in
     :class:`DTIKMeans`, judged on this model's costs (minus log-likelihoods);
     the split component's weight is shared by its two halves.  The race
-    between starts of :class:`DTIKMeans` is off by default
-    (``model.n_candidates = 3`` switches it on).
+    between starts described there is off by default here too.
 
     See Also
     --------
@@ -189,11 +188,6 @@ class DTIGaussianMixture(BaseDTI):
     # 3,000 steps, 93.6 +- 5.1 with 9,000 before that move (seed 1 put two
     # digits in one component), 96.1 +- 0.3 with 9,000 and the move, 96.2 +- 0.3
     # with its branches trained to the end of the schedule (docs/benchmarks.md).
-    #: One start per initialisation: the race between starts (``BaseDTI``)
-    #: was measured on DTIKMeans only, and this model's likelihood prefers
-    #: some runs with two digits in one component (docs/benchmarks.md), which
-    #: a race on the objective could favour.  Set it to 3 to race.
-    n_candidates = 1
 
     @property
     def _n_clusters(self) -> int:

@@ -494,9 +494,7 @@ def test_curriculum_switches_modules_on(digits, monkeypatch):
     model = DTIKMeans(
         K, transforms=["aff", "mor"], curriculum=[0, 2], max_iter=3, batch_size=50,
         random_state=0,
-    )
-    model.n_candidates = 1  # one start: no race through the first epochs
-    model.fit(digits)
+    ).fit(digits)
     assert seen == [[0], [0], [0, 1]]
     heads = model.network_.heads
     assert heads.out_weight[0].abs().sum() > 0

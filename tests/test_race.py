@@ -61,6 +61,8 @@ def test_the_start_with_the_lowest_objective_goes_on(few_digits, monkeypatch, wi
     networks = _spy_starts(monkeypatch, DTIKMeans)
     monkeypatch.setattr(DTIKMeans, "_final_loss", final_loss)
     model = DTIKMeans(4, transforms=["aff"], max_iter=12, batch_size=50, random_state=0)
+    model.n_candidates = 3
+    model.race_steps = 0  # two epochs of four steps
     model.try_moves = False
     model.fit(few_digits)
     assert len(networks) == 3
@@ -75,30 +77,46 @@ def test_the_start_with_the_lowest_objective_goes_on(few_digits, monkeypatch, wi
 
 
 @pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
-def test_the_race_ends_after_two_epochs_of_the_first_warp(
-    few_digits, monkeypatch, estimator_class,
+@pytest.mark.parametrize(("race_steps", "race_epochs"), [(0, 2), (8, 2), (9, 3), (20, 5)])
+def test_the_race_trains_two_epochs_and_race_steps_of_the_first_warp(
+    few_digits, monkeypatch, estimator_class, race_steps, race_epochs,
 ):
     spans = _spy_epochs(monkeypatch, estimator_class)
     model = estimator_class(3, transforms=["aff", "mor"], max_iter=30, batch_size=50,
                             random_state=0)
-    model.n_candidates = 3  # the mixture's default is 1
+    model.n_candidates = 3
+    model.race_steps = race_steps  # 200 images at batch 50: four steps per epoch
     model.try_moves = False
     model.fit(few_digits)
     starts = curriculum_starts("auto", model.transforms_, 30)
     assert starts == [4, 10]
-    race_end = starts[0] + model.race_epochs
-    # three starts race to the end of epoch 5, one goes on from epoch 6
+    race_end = starts[0] + race_epochs
+    # three starts race to the end of the race, one goes on from there
     assert spans == [(0, race_end)] * 3 + [(race_end, None)]
     assert len(model.loss_curve_) == 30
 
 
-def test_no_race_without_shape_transformations_or_when_switched_off(few_digits, monkeypatch):
-    networks = _spy_starts(monkeypatch, DTIKMeans)
-    DTIKMeans(3, transforms=None, max_iter=6, batch_size=50, random_state=0).fit(few_digits)
+@pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
+def test_no_race_by_default(few_digits, monkeypatch, estimator_class):
+    networks = _spy_starts(monkeypatch, estimator_class)
+    estimator_class(3, transforms=["aff"], max_iter=6, batch_size=50,
+                    random_state=0).fit(few_digits)
     assert len(networks) == 1
-    off = DTIKMeans(3, transforms=["aff"], max_iter=6, batch_size=50, random_state=0)
-    off.n_candidates = 1
-    off.fit(few_digits)
+
+
+def test_no_race_without_shape_transformations_or_room_before_the_decay(
+    few_digits, monkeypatch,
+):
+    networks = _spy_starts(monkeypatch, DTIKMeans)
+    model = DTIKMeans(3, transforms=None, max_iter=6, batch_size=50, random_state=0)
+    model.n_candidates = 3
+    model.fit(few_digits)
+    assert len(networks) == 1
+    # 300 steps of the warp (the default race_steps) do not fit before the
+    # decay of six epochs of four steps: one start
+    model = DTIKMeans(3, transforms=["aff"], max_iter=6, batch_size=50, random_state=0)
+    model.n_candidates = 3
+    model.fit(few_digits)
     assert len(networks) == 2
 
 
@@ -106,15 +124,11 @@ def test_each_initialisation_races_its_own_starts(few_digits, monkeypatch):
     networks = _spy_starts(monkeypatch, DTIKMeans)
     model = DTIKMeans(3, transforms=["aff"], max_iter=8, batch_size=50, n_init=2,
                       random_state=0)
+    model.n_candidates = 3
+    model.race_steps = 0
     model.try_moves = False
     model.fit(few_digits)
     assert len(networks) == 2 * model.n_candidates
     prototypes = {networks[i].prototypes.detach().numpy().tobytes() for i in range(6)}
     assert len(prototypes) == 6
 
-
-def test_the_mixture_runs_one_start_by_default(few_digits, monkeypatch):
-    networks = _spy_starts(monkeypatch, DTIGaussianMixture)
-    DTIGaussianMixture(3, transforms=["aff"], max_iter=6, batch_size=50,
-                       random_state=0).fit(few_digits)
-    assert len(networks) == 1
