@@ -407,9 +407,10 @@ class BaseDTI(
         affine transformation came on, and kept that order to the end (final
         losses about 0.011 against 0.013 per value, the lower group the more
         accurate).  So the starts (the first from ``seed``, the others from
-        seeds drawn from it) are trained until ``race_epochs`` epochs after
-        the first shape-changing transformation starts, and scored by their
-        objective on the training set; only the best goes on.
+        seeds drawn from it) are trained until ``race_end`` (``race_epochs``
+        epochs and ``race_steps`` steps at least after the first
+        shape-changing transformation starts, see :meth:`_race_end`), and
+        scored by their objective on the training set; only the best goes on.
         """
         seeds = [seed, *np.random.RandomState(seed).randint(
             np.iinfo(np.int32).max, size=self.n_candidates - 1
