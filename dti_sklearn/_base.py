@@ -33,7 +33,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from dti_sklearn._images import ImageLayout, validate_images
+from dti_sklearn._images import ImageLayout, IntensityScale, validate_images
 from dti_sklearn._malloc import tune_malloc
 from dti_sklearn._params import NestedTransformsParamsMixin
 from dti_sklearn._persistence import DeviceSafePickleMixin
@@ -292,7 +292,10 @@ class BaseDTI(
         Parameters
         ----------
         X : array-like of shape (n_samples, H, W), (n_samples, H, W, C) or (n_samples, d)
-            Training images; ``uint8`` values are scaled to ``[0, 1]``.
+            Training images; ``uint8`` values are scaled to ``[0, 1]``.  Any
+            value range works: the network sees them mapped onto ``[0, 1]``
+            (``data_min_``, ``data_range_``) and outputs come back in the
+            units of ``X``.
         y : Ignored
             Not used, present for API consistency.
 
@@ -303,6 +306,9 @@ class BaseDTI(
         """
         tune_malloc()
         images = validate_images(self, X, image_shape=self.image_shape, reset=True)
+        scale = IntensityScale.of(images)
+        self.data_min_, self.data_range_ = scale.minimum, scale.span
+        images = scale.to_model(images)
         n_samples, k = images.shape[0], self._n_clusters
         if n_samples < k:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={k}.")
@@ -326,10 +332,22 @@ class BaseDTI(
         self.network_ = best.network
         self.device_ = device
         self.transforms_ = transformations
-        self.loss_curve_ = best.loss_curve
+        self.loss_curve_ = [self._cost_to_user_units(loss, 1) for loss in best.loss_curve]
         self.n_iter_ = best.n_iter
-        self._set_fitted_attributes(best.network, best.costs)
+        self._set_fitted_attributes(
+            best.network, self._cost_to_user_units(best.costs, self.n_features_in_)
+        )
         return self
+
+    @property
+    def _intensity_scale(self) -> IntensityScale:
+        """The map between the caller's pixel values and the network's."""
+        # Models pickled before the scale existed were trained on raw values.
+        return IntensityScale(getattr(self, "data_min_", 0.0), getattr(self, "data_range_", 1.0))
+
+    def _cost_to_user_units(self, cost, n_values: int):
+        """A cost of ``n_values`` pixels, from the network's values to the caller's (hook)."""
+        raise NotImplementedError
 
     def _initial_centres(
         self, images: np.ndarray, seed: int, colour_blind: bool = False,
@@ -365,7 +383,7 @@ class BaseDTI(
             if not np.isfinite(given).all():
                 raise ValueError("init array contains NaN or infinity.")
             user = given.reshape(k, *layout.image_shape)
-            return _user_to_nchw(user, layout)
+            return self._intensity_scale.to_model(_user_to_nchw(user, layout))
         return centres.reshape(k, *images.shape[1:]).astype(np.float32)
 
     def _fit_single(
@@ -523,10 +541,10 @@ class BaseDTI(
                 self._reassign_empty(network, optimizer, counts, generator)
                 counts.zero_()
         epoch_loss = float(total) / n_samples
-        if not math.isfinite(epoch_loss):
+        if not (math.isfinite(epoch_loss) and _all_finite(network.parameters())):
             raise FloatingPointError(
-                f"The training loss became {epoch_loss} at epoch {epoch}; try a lower "
-                "learning_rate."
+                f"Training diverged at epoch {epoch} (loss {epoch_loss}, or a network "
+                "weight not finite); try a lower learning_rate."
             )
         return epoch_loss
 
@@ -727,10 +745,12 @@ class BaseDTI(
     def _validated_tensor(self, X) -> torch.Tensor:
         check_is_fitted(self)
         images = validate_images(self, X, image_shape=self.image_shape, reset=False)
-        return torch.from_numpy(images).to(self.device_)
+        return torch.from_numpy(self._intensity_scale.to_model(images)).to(self.device_)
 
     def _costs_of(self, X) -> np.ndarray:
-        return self._compute_costs(self._validated_tensor(X))
+        """(n, K) costs of ``X`` against every aligned prototype, in the caller's units."""
+        costs = self._compute_costs(self._validated_tensor(X))
+        return self._cost_to_user_units(costs, self.n_features_in_)
 
     def predict(self, X):
         """Assign each sample to the cluster whose aligned prototype fits best.
@@ -786,7 +806,7 @@ class BaseDTI(
         )
         with torch.no_grad():
             _fill_in_chunks(aligned, data, lambda x: network(x)[0])
-        aligned = self._layout.to_user(aligned.numpy())
+        aligned = self._intensity_scale.to_user(self._layout.to_user(aligned.numpy()))
         if self._layout.flat:
             aligned = aligned.reshape(aligned.shape[0], aligned.shape[1], -1)
         return aligned
@@ -794,7 +814,7 @@ class BaseDTI(
     def _prototype_images(self) -> np.ndarray:
         """The fitted prototypes as (K, *image_shape) float64."""
         raw = self.network_.prototypes.detach().cpu().double().numpy()
-        return self._layout.to_user(raw)
+        return self._intensity_scale.to_user(self._layout.to_user(raw))
 
     # ------------------------------------------------------------ estimator
     @property
@@ -863,6 +883,12 @@ def _fill_in_chunks(out: torch.Tensor, data: torch.Tensor, compute) -> torch.Ten
         out[start:start + n_valid].copy_(compute(x)[:n_valid])
         start += n_valid
     return out
+
+
+def _all_finite(tensors) -> bool:
+    """Whether every value of every tensor is finite (one read-back in all)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 def _batches(order: torch.Tensor, batch_size: int):

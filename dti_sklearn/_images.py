@@ -11,6 +11,12 @@ Accepted inputs (``n`` samples):
 ``uint8`` arrays are scaled to ``[0, 1]``; everything else is used as given.
 Internally every batch is a float32 ``(n, C, H, W)`` array, always a fresh
 copy so that the caller's data is never modified.
+
+:class:`IntensityScale` then maps the training images' range onto ``[0, 1]``
+for the network, and maps prototypes back: the learning rate, the
+morphological exponent and the mixture's variance floor all assume values of
+about that size, so images in ``[0, 255]`` or ``[-1, 1]`` are clustered as
+the same images in ``[0, 1]`` would be.
 """
 
 from __future__ import annotations
@@ -52,6 +58,54 @@ class ImageLayout:
         return moved.reshape(*images.shape[:-3], *self.image_shape)
 
 
+@dataclass(frozen=True)
+class IntensityScale:
+    """The affine map from the caller's pixel values to the network's.
+
+    The network sees ``(x - minimum) / span``, so the training images span
+    ``[0, 1]``.  Images that already span exactly ``[0, 1]`` (``uint8``
+    images using the full range, most scaled data sets) pass unchanged, to
+    the last bit.
+
+    Attributes
+    ----------
+    minimum : float
+        Smallest value of the training images.
+    span : float
+        Their largest value minus their smallest, or 1 for constant images.
+    """
+
+    minimum: float
+    span: float
+
+    @classmethod
+    def of(cls, images: np.ndarray) -> IntensityScale:
+        """The scale that maps ``images`` onto ``[0, 1]``."""
+        low, high = float(images.min()), float(images.max())
+        span = high - low
+        if not (np.isfinite(span) and span > 0):
+            span = 1.0
+        return cls(low, span)
+
+    @property
+    def is_identity(self) -> bool:
+        """Whether the map leaves values unchanged."""
+        return self.minimum == 0.0 and self.span == 1.0
+
+    def to_model(self, images: np.ndarray) -> np.ndarray:
+        """Map a fresh float32 array in place to the network's values and return it."""
+        if not self.is_identity:
+            images -= np.float32(self.minimum)
+            images /= np.float32(self.span)
+        return images
+
+    def to_user(self, values: np.ndarray) -> np.ndarray:
+        """Map the network's pixel values (e.g. prototypes) back to the caller's."""
+        if self.is_identity:
+            return values
+        return values * self.span + self.minimum
+
+
 def _check_image_shape(image_shape: object) -> tuple[int, ...]:
     shape = tuple(image_shape)  # type: ignore[arg-type]
     if len(shape) not in (2, 3) or not all(
@@ -64,9 +118,15 @@ def _check_image_shape(image_shape: object) -> tuple[int, ...]:
 
 
 def _to_float_nchw(array: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
-    out = np.array(array, dtype=np.float32, copy=True)
+    with np.errstate(over="ignore"):  # values beyond float32 are refused below
+        out = np.array(array, dtype=np.float32, copy=True)
     if array.dtype == np.uint8:
         out /= 255
+    elif not np.isfinite(out).all():
+        raise ValueError(
+            "X has values too large for float32 (above about 3.4e38 in magnitude); "
+            "scale the images first."
+        )
     out = out.reshape(out.shape[0], *image_shape)
     if len(image_shape) == 2:
         out = out[:, None]

@@ -91,7 +91,7 @@ class DTIKMeans(BaseDTI):
     init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
         Initial prototypes: random training samples, scikit-learn's k-means++
         seeding, the centres of a scikit-learn ``KMeans`` run, or an array of
-        shape ``(n_clusters, *image_shape)``.
+        shape ``(n_clusters, *image_shape)`` in the units of ``X``.
     curriculum : "auto" or sequence of int, default="auto"
         When each transformation is switched on.  ``"auto"``: the identity
         only for the first 15% of the epochs (plain K-means), then the others
@@ -123,11 +123,18 @@ class DTIKMeans(BaseDTI):
         Cluster of every training sample.
     inertia_ : float
         Sum over training samples of the squared distance to the aligned
-        prototype of their cluster.
+        prototype of their cluster, in the units of ``X``.
     n_iter_ : int
         Number of epochs run.
     loss_curve_ : list of float
-        Training loss (mean squared pixel error) of every epoch.
+        Training loss (mean squared pixel error, in the units of ``X``) of
+        every epoch.
+    data_min_ : float
+        Smallest value of the training images (``uint8`` ones in ``[0, 1]``).
+    data_range_ : float
+        Their largest value minus ``data_min_`` (1 for constant images).  The
+        network sees ``(X - data_min_) / data_range_``, so images in
+        ``[0, 255]`` or ``[0, 1]`` give the same clusters.
     transforms_ : list of Transformation
         The resolved transformation objects.
     n_features_in_ : int
@@ -254,6 +261,10 @@ class DTIKMeans(BaseDTI):
 
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(costs.min(axis=1).mean() / self.n_features_in_)
+
+    def _cost_to_user_units(self, cost, n_values):
+        # A squared distance scales with the square of the pixel values.
+        return cost * self._intensity_scale.span**2
 
     def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
         self.labels_ = costs.argmin(axis=1)

@@ -60,7 +60,9 @@ class DTIGaussianMixture(BaseDTI):
         How to read 2-D input (see :class:`DTIKMeans`).
     var_min : float or "auto", default="auto"
         Variance floor added to every squared deviation, which keeps the
-        likelihood bounded.  ``"auto"`` is the paper's ``0.25**2`` for images
+        likelihood bounded, in the units of ``X`` squared.  ``"auto"`` sets
+        it on the images mapped onto ``[0, 1]`` (see ``data_range_``): the
+        paper's ``0.25**2`` for images
         of up to 196 values (14 x 14 grey) and grows in proportion to the
         number of values per image ``D = C * H * W`` beyond:
         ``max(0.0625, D / 56**2)``, so 0.25 for 28 x 28 grey images and
@@ -73,7 +75,8 @@ class DTIGaussianMixture(BaseDTI):
         on the 8 x 8 ``load_digits``, ``0.0625`` did better than a floor
         proportional to ``D`` below it.
     init_std : float, default=0.1
-        Initial per-pixel standard deviation (before the floor).
+        Initial per-pixel standard deviation (before the floor), as a
+        fraction of ``data_range_``.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available, else the CPU.
     random_state : int, RandomState instance or None, default=None
@@ -90,7 +93,8 @@ class DTIGaussianMixture(BaseDTI):
     variances_ : ndarray of shape (n_components, *image_shape)
         Diagonal covariances (squared deviation plus ``var_min_``) as images.
     var_min_ : float
-        The variance floor used, ``var_min`` resolved.
+        The variance floor used, ``var_min`` resolved, in the units of ``X``
+        squared.
     weights_ : ndarray of shape (n_components,)
         Mixing weights.
     labels_ : ndarray of shape (n_samples,)
@@ -105,6 +109,12 @@ class DTIGaussianMixture(BaseDTI):
     loss_curve_ : list of float
         Training loss of every epoch: the expected negative log-likelihood
         per sample divided by the number of values per image.
+    data_min_ : float
+        Smallest value of the training images (``uint8`` ones in ``[0, 1]``).
+    data_range_ : float
+        Their largest value minus ``data_min_`` (1 for constant images).  The
+        network sees ``(X - data_min_) / data_range_``; means, variances and
+        log-densities are reported in the units of ``X``.
     transforms_ : list of Transformation
         The resolved transformation objects.
     n_features_in_ : int
@@ -195,15 +205,21 @@ class DTIGaussianMixture(BaseDTI):
 
     # ----------------------------------------------------------------- hooks
     def _resolve_auto_parameters(self, images):
+        # ``images`` span [0, 1]; the "auto" floor is set on that scale, a
+        # given floor is in the caller's units.
+        user_variance = self._intensity_scale.span**2
         if self.var_min == "auto":
-            self.var_min_ = max(PAPER_VAR_MIN, images[0].size / AUTO_VAR_MIN_DIVISOR)
+            floor = max(PAPER_VAR_MIN, images[0].size / AUTO_VAR_MIN_DIVISOR)
+            self.var_min_ = floor * user_variance
         else:
             self.var_min_ = float(self.var_min)
 
     @property
     def _variance_floor(self) -> float:
+        """The variance floor on the network's scale."""
         # Mixtures pickled before ``var_min_`` existed hold a float var_min.
-        return getattr(self, "var_min_", self.var_min)
+        floor = getattr(self, "var_min_", self.var_min)
+        return floor / self._intensity_scale.span**2
 
     def _network_kwargs(self, data, centres):
         log_std = torch.full_like(centres, math.log(self.init_std))
@@ -251,6 +267,10 @@ class DTIGaussianMixture(BaseDTI):
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
 
+    def _cost_to_user_units(self, cost, n_values):
+        # A density over n_values pixels scales with 1 / span**n_values.
+        return cost + n_values * math.log(self._intensity_scale.span)
+
     def _split_residuals(self, residuals, deviations):
         # The cost's quadratic term: ||(x - mean) / sqrt(2 variance)||^2.
         return residuals / (2 * (deviations.pow(2) + self._variance_floor)).sqrt()
@@ -269,7 +289,8 @@ class DTIGaussianMixture(BaseDTI):
         self.prototypes_ = self._prototype_images()
         self.means_ = self.prototypes_.reshape(k, -1)
         std = network.log_deviations.detach().cpu().double().exp().numpy()
-        self.variances_ = self._layout.to_user(std**2 + self._variance_floor)
+        variances = (std**2 + self._variance_floor) * self._intensity_scale.span**2
+        self.variances_ = self._layout.to_user(variances)
         logits = network.mixing_logits.detach().cpu().double().numpy()
         self.weights_ = softmax(logits)
         curve = self.loss_curve_

@@ -153,11 +153,22 @@ def apply_warps(
     torch.Tensor of shape (N, C, H, W)
     """
     n, _, height, width = images.shape
-    grid = _composed_grid(warps, params, height, width)
+    grid = _finite(_composed_grid(warps, params, height, width))
     return F.grid_sample(
         images, grid.reshape(n, height, width, 2), mode="bilinear",
         padding_mode=warps[0].padding_mode, align_corners=False,
     )
+
+
+def _finite(grid: torch.Tensor) -> torch.Tensor:
+    """``grid`` with NaN and infinite coordinates moved outside the image.
+
+    ``grid_sample``'s CPU kernels index memory with such coordinates and crash
+    the interpreter (pytorch/pytorch#24823, still open in torch 2.13), which a
+    diverged training step would otherwise do before its loss can be checked.
+    Finite coordinates pass unchanged.
+    """
+    return torch.nan_to_num(grid, nan=-2.0, posinf=2.0, neginf=-2.0)
 
 
 def apply_warps_to_each(
@@ -188,7 +199,7 @@ def apply_warps_to_each(
     batch = params[0].shape[1]
     grid = _composed_grid(warps, [p.reshape(k * batch, -1) for p in params], height, width)
     out = F.grid_sample(
-        images, grid.reshape(k, batch * height, width, 2), mode="bilinear",
+        images, _finite(grid).reshape(k, batch * height, width, 2), mode="bilinear",
         padding_mode=warps[0].padding_mode, align_corners=False,
     )
     return out.view(k, c, batch, height, width).transpose(1, 2)
