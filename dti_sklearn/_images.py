@@ -21,6 +21,7 @@ the same images in ``[0, 1]`` would be.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +118,19 @@ def _check_image_shape(image_shape: object) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+def _warn_if_channels_first(shape: tuple[int, ...]) -> None:
+    """Warn when 4-D images look like PyTorch's ``(n, C, H, W)`` instead of ``(n, H, W, C)``."""
+    if len(shape) == 3 and shape[0] <= 4 < shape[2]:
+        warnings.warn(
+            f"X has images of shape {shape}, read as {shape[0]} x {shape[1]} pixels with "
+            f"{shape[2]} channels (channels last). If they are {shape[2]} x ... images with "
+            f"{shape[0]} channels (channels first, PyTorch's layout), pass "
+            "np.moveaxis(X, 1, -1).",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _to_float_nchw(array: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
     with np.errstate(over="ignore"):  # values beyond float32 are refused below
         out = np.array(array, dtype=np.float32, copy=True)
@@ -202,6 +216,7 @@ def validate_images(
             )
         shape = tuple(int(s) for s in array.shape[1:])
         if reset:
+            _warn_if_channels_first(shape)
             estimator._layout = ImageLayout(shape, flat=False)  # type: ignore[attr-defined]
             estimator.n_features_in_ = int(np.prod(shape))  # type: ignore[attr-defined]
         layout = estimator._layout  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -681,3 +682,12 @@ def test_verbose_shows_progress(digits, capsys):
     assert model.labels_.shape == (N,)
     captured = capsys.readouterr()
     assert "DTIKMeans" in captured.err + captured.out
+
+
+def test_channels_first_images_get_a_warning(digits):
+    rgb = np.repeat(digits[:20, None], 3, axis=1)  # (n, 3, 8, 8): PyTorch's layout
+    with pytest.warns(UserWarning, match="channels first"):
+        DTIKMeans(K, max_iter=1, random_state=0).fit(rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DTIKMeans(K, max_iter=1, random_state=0).fit(np.moveaxis(rgb, 1, -1))
