@@ -40,8 +40,12 @@ def _new_figure(width: float, height: float) -> Figure:
 
 
 def _check_images(images: ArrayLike, name: str, lead_dims: int) -> np.ndarray:
-    """Validate ``lead_dims`` leading axes then (H, W) or (H, W, C) with C in {1, 3, 4}."""
-    arr = np.asarray(images, dtype=np.float64)
+    """Validate ``lead_dims`` leading axes then (H, W) or (H, W, C) with C in {1, 3, 4}.
+
+    ``uint8`` images are scaled to ``[0, 1]``, as the estimators scale them.
+    """
+    arr = np.asarray(images)
+    arr = arr / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float64)
     n_img = arr.ndim - lead_dims
     if n_img not in (2, 3) or (n_img == 3 and arr.shape[-1] not in (1, 3, 4)):
         raise ValueError(
@@ -53,9 +57,19 @@ def _check_images(images: ArrayLike, name: str, lead_dims: int) -> np.ndarray:
     return arr
 
 
-def _show(ax: Axes, image: np.ndarray) -> None:
-    """Draw one image clipped to [0, 1] on ``ax``, grey-level when 2-D, without ticks."""
-    image = np.clip(image, 0.0, 1.0)
+def _check_value_range(value_range: tuple[float, float]) -> tuple[float, float]:
+    low, high = (float(v) for v in value_range)
+    if not (np.isfinite(low) and np.isfinite(high) and high > low):
+        raise ValueError(
+            f"value_range must be (low, high) with finite low < high, got {value_range!r}."
+        )
+    return low, high
+
+
+def _show(ax: Axes, image: np.ndarray, value_range: tuple[float, float]) -> None:
+    """Draw one image on ``ax``, ``value_range`` mapped to black..white, without ticks."""
+    low, high = value_range
+    image = np.clip((image - low) / (high - low), 0.0, 1.0)
     if image.ndim == 2:
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     else:
@@ -78,14 +92,15 @@ def plot_prototypes(
     ncols: int | None = None,
     fig: Figure | None = None,
     title: str | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
 ) -> Figure:
     """Draw cluster prototypes side by side.
 
     Parameters
     ----------
     prototypes : array-like of shape (K, H, W) or (K, H, W, C)
-        Prototype images with values in [0, 1] (values outside are clipped for
-        display). ``C`` is 1 (grey), 3 (RGB) or 4 (RGBA).
+        Prototype images (``uint8`` ones are scaled to [0, 1]).  ``C`` is 1
+        (grey), 3 (RGB) or 4 (RGBA).
     ncols : int or None, default=None
         Number of columns of the grid; None means ``min(K, 10)``.
     fig : matplotlib.figure.Figure or None, default=None
@@ -93,6 +108,10 @@ def plot_prototypes(
         new figure sized to the grid.
     title : str or None, default=None
         Figure title.
+    value_range : (float, float), default=(0.0, 1.0)
+        Values drawn black and white; values outside are clipped.  For
+        images in other units, e.g. ``(0, 255)``, or the fitted range
+        ``(model.data_min_, model.data_min_ + model.data_range_)``.
 
     Returns
     -------
@@ -107,6 +126,7 @@ def plot_prototypes(
         If the array shape or ``ncols`` is invalid.
     """
     protos = _check_images(prototypes, "prototypes", lead_dims=1)
+    value_range = _check_value_range(value_range)
     n_protos = protos.shape[0]
     if n_protos == 0:
         raise ValueError("prototypes is empty.")
@@ -123,7 +143,7 @@ def plot_prototypes(
         fig.clear()
     for k in range(n_protos):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        _show(ax, protos[k])
+        _show(ax, protos[k], value_range)
         _frame(ax, None)
         ax.set_title(str(k), fontsize=8)
     if title:
@@ -137,6 +157,7 @@ def plot_aligned_prototypes(
     labels: ArrayLike | None = None,
     n_samples: int = 8,
     title: str | None = None,
+    value_range: tuple[float, float] = (0.0, 1.0),
 ) -> Figure:
     """Draw samples next to every prototype aligned to them.
 
@@ -148,7 +169,7 @@ def plot_aligned_prototypes(
     Parameters
     ----------
     images : array-like of shape (n, H, W) or (n, H, W, C)
-        Samples with values in [0, 1] (clipped for display).
+        Samples (``uint8`` ones are scaled to [0, 1]).
     aligned : array-like of shape (n, K, H, W) or (n, K, H, W, C)
         Aligned prototypes, one set of K per sample, same image shape as
         ``images``.
@@ -158,6 +179,9 @@ def plot_aligned_prototypes(
         Number of rows: the first ``min(n_samples, n)`` samples are drawn.
     title : str or None, default=None
         Figure title.
+    value_range : (float, float), default=(0.0, 1.0)
+        Values drawn black and white, for the samples and the prototypes
+        alike (see :func:`plot_prototypes`).
 
     Returns
     -------
@@ -173,6 +197,7 @@ def plot_aligned_prototypes(
     """
     imgs = _check_images(images, "images", lead_dims=1)
     algn = _check_images(aligned, "aligned", lead_dims=2)
+    value_range = _check_value_range(value_range)
     if algn.shape[0] != imgs.shape[0] or algn.shape[2:] != imgs.shape[1:]:
         raise ValueError(
             f"aligned of shape {np.shape(aligned)} does not match images of shape "
@@ -203,10 +228,10 @@ def plot_aligned_prototypes(
         for j in range(ncols):
             ax = fig.add_subplot(n_rows, ncols, i * ncols + j + 1)
             if j == 0:
-                _show(ax, imgs[i])
+                _show(ax, imgs[i], value_range)
                 _frame(ax, "black", width=1.0)
             else:
-                _show(ax, algn[i, j - 1])
+                _show(ax, algn[i, j - 1], value_range)
                 _frame(ax, _HIGHLIGHT if lab is not None and lab[i] == j - 1 else None)
             if i == 0:
                 ax.set_title("sample" if j == 0 else str(j - 1), fontsize=8)

@@ -123,3 +123,30 @@ def test_missing_matplotlib_message(monkeypatch):
         plotting.plot_prototypes(np.zeros((2, 4, 4)))
     with pytest.raises(ImportError, match=r"install dti_sklearn\[plot\]"):
         plotting.save_figure(object(), "unused.png")
+
+
+def _drawn(fig, index=0):
+    return np.asarray(fig.axes[index].get_images()[0].get_array())
+
+
+def test_value_range_maps_other_units_to_the_same_picture():
+    protos = np.random.default_rng(0).uniform(0.0, 1.0, size=(3, 5, 5))
+    unit = plot_prototypes(protos)
+    bytes_ = plot_prototypes(protos * 255 - 20, value_range=(-20, 235))
+    np.testing.assert_allclose(_drawn(bytes_), _drawn(unit))
+    # without the range, values above 1 are clipped: a white picture
+    assert _drawn(plot_prototypes(protos * 255 + 1)).min() == 1.0
+
+
+def test_uint8_images_are_drawn_like_the_estimators_read_them():
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 4, 4), dtype=np.uint8)
+    aligned = np.repeat(images[:, None], 3, axis=1)
+    fig = plot_aligned_prototypes(images, aligned)
+    np.testing.assert_allclose(_drawn(fig), images[0] / 255.0)
+    np.testing.assert_allclose(_drawn(plot_prototypes(images), 1), images[1] / 255.0)
+
+
+@pytest.mark.parametrize("bad", [(1.0, 1.0), (2.0, 0.0), (0.0, float("nan"))])
+def test_value_range_must_be_increasing(bad):
+    with pytest.raises(ValueError, match="value_range"):
+        plot_prototypes(np.zeros((2, 3, 3)), value_range=bad)
