@@ -691,3 +691,23 @@ def test_channels_first_images_get_a_warning(digits):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         DTIKMeans(K, max_iter=1, random_state=0).fit(np.moveaxis(rgb, 1, -1))
+
+
+@pytest.mark.parametrize(
+    ("prototypes", "expected"),
+    [((10, 1, 28, 28), 128), ((10, 1, 64, 64), 128), ((10, 3, 64, 64), 32),
+     ((200, 3, 64, 64), 2), ((1000, 3, 64, 64), 1)],
+)
+def test_inference_batches_shrink_on_large_images(prototypes, expected):
+    network = PrototypeNetwork(torch.zeros(prototypes), make_transformations(["affine"]))
+    assert _base._inference_batch(network) == expected
+
+
+def test_predictions_do_not_depend_on_the_inference_batch(digits, monkeypatch):
+    model = DTIKMeans(K, transforms=["affine", "morphological"], **FAST).fit(digits)
+    distances = model.transform(digits)
+    # 3 prototypes of 64 values: a budget of 1,000 values gives batches of 4
+    monkeypatch.setattr(_base, "_INFERENCE_VALUES", 1_000)
+    assert _base._inference_batch(model.network_) == 4
+    np.testing.assert_allclose(model.transform(digits), distances, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(digits), distances.argmin(1))
