@@ -447,8 +447,7 @@ class BaseDTI(
             losses = self._train_epochs(
                 *candidate, data, starts, 0, progress, last=race_end
             )
-            objective = self._final_loss(self._compute_costs(data, candidate.network))
-            candidate.network.train()
+            objective = self._training_objective(data, candidate.network)
             if best is None or objective < best_objective:
                 best, best_losses, best_objective = candidate, losses, objective
         assert best is not None
@@ -473,6 +472,12 @@ class BaseDTI(
         network.train()
         return _Start(network, optimizer, generator, state)
 
+    def _training_objective(self, data: torch.Tensor, network: PrototypeNetwork) -> float:
+        """Objective of a network in training on the whole training set; it stays in training."""
+        objective = self._final_loss(self._compute_costs(data, network))
+        network.train()
+        return objective
+
     def _race_end(
         self, transformations: list[Transformation], starts: list[int], n_samples: int,
     ) -> int | None:
@@ -482,10 +487,7 @@ class BaseDTI(
         first shape-changing transformation starts, if that is before the
         learning-rate decay and the trial epoch.
         """
-        shaping = [
-            start for start, t in zip(starts, transformations)
-            if not (isinstance(t, Identity) or t.photometric)
-        ]
+        shaping = [start for start, t in zip(starts, transformations) if _changes_shapes(t)]
         if self.n_candidates < 2 or not shaping:
             return None
         steps_per_epoch = math.ceil(n_samples / min(self.batch_size, n_samples))
@@ -566,7 +568,7 @@ class BaseDTI(
         changes shapes (identity and colour ones leave the check's estimate
         exact or nearly so).
         """
-        shaping = any(not (isinstance(t, Identity) or t.photometric) for t in transformations)
+        shaping = any(_changes_shapes(t) for t in transformations)
         if not shaping or not self.try_moves or self.split_merge_samples < 2:
             return None
         epoch = max(starts) + 2
@@ -606,8 +608,7 @@ class BaseDTI(
             losses = self._train_epochs(
                 network, optimizer, generator, state, data, starts, epoch + 1, progress
             )
-            objective = self._final_loss(self._compute_costs(data, network))
-            network.train()
+            objective = self._training_objective(data, network)
             branches.append(
                 (objective, losses, _Snapshot.take(network, optimizer, generator, state))
             )
@@ -695,8 +696,7 @@ class BaseDTI(
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
         costs, raw, spreads = [], [], []
-        chunks = _inference_chunks(data[sample.to(data.device)], _inference_batch(network))
-        for x, n_valid in chunks:
+        for x, n_valid in _inference_chunks(data[sample.to(data.device)], network):
             means, deviations = network(x, active)
             chunk_costs = self._costs(network, x, means, deviations)[:n_valid]
             rows = torch.arange(n_valid, device=x.device)
@@ -876,15 +876,16 @@ def _inference_batch(network: PrototypeNetwork) -> int:
     return min(_INFERENCE_BATCH, 1 << max(fits.bit_length() - 1, 0))
 
 
-def _inference_chunks(data: torch.Tensor, size: int):
-    """Yield ``(chunk, n_valid)``: chunks of ``size`` samples, the last one zero-padded.
+def _inference_chunks(data: torch.Tensor, network: PrototypeNetwork):
+    """Yield ``(chunk, n_valid)``: chunks for ``network``, the last one zero-padded.
 
-    Every inference call sees exactly ``size`` samples (fixed per model by
-    :func:`_inference_batch`), so a sample's outputs do not depend on how
+    Every inference call sees exactly :func:`_inference_batch` samples
+    (fixed per model), so a sample's outputs do not depend on how
     many others it is predicted with (float32 convolutions and matrix
     products round differently for other batch sizes), as scikit-learn's
     invariance checks require.
     """
+    size = _inference_batch(network)
     for start in range(0, data.shape[0], size):
         chunk = data[start:start + size]
         n_valid = chunk.shape[0]
@@ -898,7 +899,7 @@ def _fill_in_chunks(
 ) -> torch.Tensor:
     """Write ``compute(chunk)`` for every chunk of ``data`` into the rows of ``out``.
 
-    Chunks hold :func:`_inference_batch` ``(network)`` samples.
+    Chunks are those of :func:`_inference_chunks` for ``network``.
 
     ``out`` is allocated once by the caller: a small result tensor kept per
     chunk would land in the heap between that chunk's large temporaries and
@@ -906,10 +907,15 @@ def _fill_in_chunks(
     per chunk on 64 x 64 images, docs/benchmarks.md).
     """
     start = 0
-    for x, n_valid in _inference_chunks(data, _inference_batch(network)):
+    for x, n_valid in _inference_chunks(data, network):
         out[start:start + n_valid].copy_(compute(x)[:n_valid])
         start += n_valid
     return out
+
+
+def _changes_shapes(transformation: Transformation) -> bool:
+    """Whether a transformation moves pixels (not the identity nor a photometric one)."""
+    return not (isinstance(transformation, Identity) or transformation.photometric)
 
 
 def _all_finite(tensors) -> bool:
