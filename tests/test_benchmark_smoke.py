@@ -191,6 +191,37 @@ def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
         module.main(["--sync-only"])
 
 
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cuda_graph_probe_refuses_a_machine_without_cuda(monkeypatch):
+    """benchmarks/cuda_graph_probe.py stops with a clear message when CUDA is absent."""
+    import torch
+
+    module = _load_script("cuda_graph_probe")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        module.main(["--steps", "1"])
+
+
+@needs_mnist
+def test_cuda_graph_probe_times_eager_steps_on_the_cpu(tmp_path, capsys):
+    """Its eager timing runs the estimator's own training step on the default sequence."""
+    module = _load_script("cuda_graph_probe")
+    out = tmp_path / "probe.json"
+    report = module.main(["--data", str(MNIST_DIR), "--device", "cpu", "--n-samples", "200",
+                          "--batch-sizes", "16", "--steps", "2", "--json", str(out)])
+    assert set(report) == {"device", "torch", "eager_16"}
+    assert report["eager_16"]["ms_per_step"] > 0
+    assert np.isfinite(report["eager_16"]["final_batch_loss"])
+    assert json.loads(out.read_text())["eager_16"] == report["eager_16"]
+    assert "batch   16 eager" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("model", ["kmeans", "gmm"])
 def test_profile_step_runs_the_defaults(model, capsys):
     """benchmarks/profile_step.py builds each estimator's default sequence, "auto" settings
