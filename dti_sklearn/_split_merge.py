@@ -8,7 +8,7 @@ well as two would.  During training the mistake is still visible in the
 objective: splitting the mixed cluster in two lowers the cost by more than
 dropping one of the redundant clusters raises it.  These functions measure
 both quantities on a sample of the training set, for all clusters at once
-(no loop over clusters); :meth:`BaseDTI._split_and_merge` acts on them.
+(no loop over clusters); :meth:`TrainingLoop._split_and_merge` acts on them.
 """
 
 from __future__ import annotations

@@ -200,7 +200,7 @@ class DTIGaussianMixture(BaseDTI):
     #: Components per sample whose densities are back-propagated through.
     gradient_components = 2
     # ``max_iter="auto"`` aims for DTIKMeans's 9,000 gradient steps since the
-    # tried move (``BaseDTI._try_move``): on MNIST-test, 95.9 +- 0.4 ACC with
+    # tried move (``TrainingLoop._try_move``): on MNIST-test, 95.9 +- 0.4 ACC with
     # 3,000 steps, 93.6 +- 5.1 with 9,000 before that move (seed 1 put two
     # digits in one component), 96.1 +- 0.3 with 9,000 and the move, 96.2 +- 0.3
     # with its branches trained to the end of the schedule (docs/benchmarks.md).

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import cdist
 from sklearn.datasets import load_digits
 
-from dti_sklearn import DTIGaussianMixture, DTIKMeans, _base
+from dti_sklearn import DTIGaussianMixture, DTIKMeans, _base, _inference, _training
 from dti_sklearn._images import validate_images
 from dti_sklearn._schedule import (
     DECAY_PHASE,
@@ -491,7 +491,7 @@ def test_curriculum_switches_modules_on(digits, monkeypatch):
         seen.append(out)
         return out
 
-    monkeypatch.setattr(_base, "active_at", spy)
+    monkeypatch.setattr(_training, "active_at", spy)
     model = DTIKMeans(
         K, transforms=["aff", "mor"], curriculum=[0, 2], max_iter=3, batch_size=50,
         random_state=0,
@@ -700,14 +700,14 @@ def test_channels_first_images_get_a_warning(digits):
 )
 def test_inference_batches_shrink_on_large_images(prototypes, expected):
     network = PrototypeNetwork(torch.zeros(prototypes), make_transformations(["affine"]))
-    assert _base._inference_batch(network) == expected
+    assert _inference.inference_batch(network) == expected
 
 
 def test_predictions_do_not_depend_on_the_inference_batch(digits, monkeypatch):
     model = DTIKMeans(K, transforms=["affine", "morphological"], **FAST).fit(digits)
     distances = model.transform(digits)
     # 3 prototypes of 64 values: a budget of 1,000 values gives batches of 4
-    monkeypatch.setattr(_base, "_INFERENCE_VALUES", 1_000)
-    assert _base._inference_batch(model.network_) == 4
+    monkeypatch.setattr(_inference, "_INFERENCE_VALUES", 1_000)
+    assert _inference.inference_batch(model.network_) == 4
     np.testing.assert_allclose(model.transform(digits), distances, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.predict(digits), distances.argmin(1))

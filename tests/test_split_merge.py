@@ -225,10 +225,10 @@ def test_checks_are_spaced_by_gradient_steps_and_stop_for_the_decay(three_digits
 # ------------------------------------------------------------- tried moves
 def _spy_trials(monkeypatch, estimator_class):
     """Record every tried move: its epoch, the snapshots taken and the state it keeps."""
-    import dti_sklearn._base as base
+    import dti_sklearn._training as training
 
     trials, snapshots = [], []
-    real_take, real_try = base._Snapshot.take.__func__, estimator_class._try_move
+    real_take, real_try = training._Snapshot.take.__func__, estimator_class._try_move
 
     def take(cls, network, *args):
         snapshot = real_take(cls, network, *args)
@@ -245,7 +245,7 @@ def _spy_trials(monkeypatch, estimator_class):
                        "snapshots": snapshots[first:]})
         return losses
 
-    monkeypatch.setattr(base._Snapshot, "take", classmethod(take))
+    monkeypatch.setattr(training._Snapshot, "take", classmethod(take))
     monkeypatch.setattr(estimator_class, "_try_move", spy)
     return trials
 
@@ -256,7 +256,7 @@ def _same_state(a, b):
 
 def test_a_snapshot_restores_the_same_training_every_time(three_digits):
     """Restoring twice replays the same steps: training never edits the snapshot."""
-    import dti_sklearn._base as base
+    import dti_sklearn._training as training
 
     X, _ = three_digits
     model = DTIKMeans(3, transforms=["aff"], max_iter=2, batch_size=50, random_state=0)
@@ -265,14 +265,14 @@ def test_a_snapshot_restores_the_same_training_every_time(three_digits):
     network.train()
     optimizer = model._make_optimizer(network)
     generator = torch.Generator().manual_seed(0)
-    state = base._TrainState(counts=torch.zeros(3))
+    state = training._TrainState(counts=torch.zeros(3))
 
     def train():
         model._train_epoch(network, optimizer, data, [0], 0, generator, state)
         return [p.detach().clone() for p in network.parameters()]
 
     train()  # Adam moments that are not zero
-    snapshot = base._Snapshot.take(network, optimizer, generator, state)
+    snapshot = training._Snapshot.take(network, optimizer, generator, state)
     moments = copy.deepcopy(snapshot.optimizer["state"])
     first = train()
     snapshot.restore(network, optimizer, generator, state)
