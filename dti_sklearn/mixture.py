@@ -28,7 +28,9 @@ class DTIGaussianMixture(BaseDTI):
     a mixing weight.  For every sample a neural network predicts the
     transformations that align each component to it; spatial ones (affine,
     projective, thin-plate spline) warp the mean and the deviation image
-    alike, colour and morphological ones change the mean only.  Training
+    alike, the solved colour scales the deviations by its absolute gain, and
+    the predicted colour and the morphological transformation change the
+    mean only.  Training
     minimises the expected complete-data negative log-likelihood with
     responsibilities computed from the current parameters and not
     back-propagated through: an EM step written as a gradient step

@@ -276,3 +276,37 @@ def test_a_colour_pickled_before_closed_form_existed_stays_predicted():
     del old.__dict__["closed_form"]  # the state of a Color pickled before the option
     loaded = pickle.loads(pickle.dumps(old))
     assert loaded.get_params() == {"closed_form": False} and not loaded.solved
+
+
+def test_the_solved_colour_scales_the_mixtures_deviations_by_its_gain():
+    """A component recoloured by y = o + g x has the standard deviation |g| sigma."""
+    torch.manual_seed(0)
+    prototypes = torch.rand(2, 3, 6, 6)
+    log_deviations = torch.randn(2, 3, 6, 6)
+    network = PrototypeNetwork(prototypes, [Color()], log_deviations=log_deviations)
+    gains = torch.tensor([-2.0, 0.5, 3.0]).view(1, 3, 1, 1)
+    images = 0.1 + gains * prototypes[[1, 0]]  # sample b: prototype 1 - b, one gain per channel
+    with torch.no_grad():
+        means, deviations = network(images)
+    torch.testing.assert_close(means[[0, 1], [1, 0]], images)
+    expected = log_deviations.exp()[[1, 0]] * gains.abs()
+    torch.testing.assert_close(deviations[[0, 1], [1, 0]], expected)
+
+
+def test_a_transformation_solved_by_default_rules_leaves_the_deviations_alone():
+    """The base class's ``solve_with_deviations`` solves the means and keeps the deviations."""
+
+    class Brighten(Identity):  # no name of its own: stays out of the registry
+        @property
+        def solved(self):
+            return True
+
+        def solve(self, aligned, images):
+            return aligned + 1
+
+    aligned, deviations = torch.zeros(2, 1, 1, 3, 3), torch.ones(2, 1, 1, 3, 3)
+    means, same = Brighten().solve_with_deviations(aligned, deviations, torch.zeros(2, 1, 3, 3))
+    assert same is deviations
+    torch.testing.assert_close(means, aligned + 1)
+    assert Color().solve_with_deviations(aligned + torch.rand(2, 1, 1, 3, 3), None,
+                                         torch.rand(2, 1, 3, 3))[1] is None

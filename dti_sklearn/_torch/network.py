@@ -243,7 +243,7 @@ class PrototypeNetwork(nn.Module):
         stds = None if stds is None else stds.expand(batch, k, c, height, width)
         means, stds = self._warp(means, stds, params, active, shared=clusters is None)
         for transformation in solved:
-            means = transformation.solve(means, images)
+            means, stds = transformation.solve_with_deviations(means, stds, images)
         return means, stds
 
     def _warp(

@@ -184,6 +184,31 @@ class Transformation(BaseEstimator):
         """
         raise NotImplementedError
 
+    def solve_with_deviations(
+        self, aligned: torch.Tensor, deviations: torch.Tensor | None, images: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`solve`, and the aligned standard deviations that go with it.
+
+        The Gaussian mixture aligns a standard deviation image with every
+        mean.  This default leaves the deviations as they are; a
+        transformation that rescales values overrides it (``Color``
+        multiplies them by the absolute solved gain).
+
+        Parameters
+        ----------
+        aligned : torch.Tensor of shape (B, R, C, H, W)
+            Prototypes aligned to the samples by the predicted transformations.
+        deviations : torch.Tensor of shape (B, R, C, H, W) or None
+            Their aligned standard deviations; None for K-means.
+        images : torch.Tensor of shape (B, C, H, W)
+            The samples.
+
+        Returns
+        -------
+        aligned, deviations : torch.Tensor of shape (B, R, C, H, W), and the same or None
+        """
+        return self.solve(aligned, images), deviations
+
 
 def has_photometric(transformations: Iterable[Transformation]) -> bool:
     """Whether a sequence holds a photometric transformation (it is then fitted colour-blind).
