@@ -39,27 +39,19 @@ from bench_mnist import load_dataset  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 
 from dti_sklearn import DTIGaussianMixture, DTIKMeans  # noqa: E402
-from dti_sklearn._base import DEFAULT_TRANSFORMS  # noqa: E402
 from dti_sklearn._torch.network import PrototypeNetwork  # noqa: E402
-from dti_sklearn.kmeans import auto_transforms  # noqa: E402
 from dti_sklearn.metrics import cluster_accuracy  # noqa: E402
 
 MODELS = {"dtikmeans": DTIKMeans, "dtigmm": DTIGaussianMixture}
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
-def default_sequence(est, X: np.ndarray) -> tuple:
-    """The transformation sequence that ``est`` fits to images ``X`` by default."""
-    if est.transforms == "auto":
-        return auto_transforms(*X.shape[1:3])
-    return tuple(est.transforms or DEFAULT_TRANSFORMS)
-
-
 def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2) -> dict:
     """Fit briefly under the sync debug mode; count synchronising calls by source line."""
     est = MODELS[model](10, max_iter=epochs, device="cuda", random_state=0)
     # Every transformation on from the first step, so that the count covers them all.
-    est.set_params(curriculum=[0] * len(default_sequence(est, X)))
+    n_transforms = len(est._build_transformations(X[:, None]))  # "auto" resolved as in fit
+    est.set_params(curriculum=[0] * n_transforms)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")

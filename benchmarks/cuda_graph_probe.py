@@ -53,17 +53,14 @@ def build(images: np.ndarray, batch_size: int, device: str, graphable: bool):
     centres = data[torch.linspace(0, len(data) - 1, 10).long()].clone()
     network = PrototypeNetwork(centres, transformations, **est._network_kwargs(data, centres))
     network.to(device)
-    if graphable:
-        predictor = list(network.encoder.parameters()) + list(network.heads.parameters())
-        ids = {id(p) for p in predictor}
-        others = [p for p in network.parameters() if id(p) not in ids]
+    optimizer = est._make_optimizer(network)
+    if graphable:  # the same parameter groups, updated from device memory
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
+                  for g in optimizer.param_groups]
         optimizer = torch.optim.Adam(
-            [{"params": predictor, "weight_decay": est.weight_decay},
-             {"params": others, "weight_decay": 0.0}],
-            lr=torch.tensor(est.learning_rate, device=device), fused=True, capturable=True,
+            groups, lr=torch.tensor(est.learning_rate, device=device), fused=True,
+            capturable=True,
         )
-    else:
-        optimizer = est._make_optimizer(network)
     return est, network, optimizer, data, list(range(len(transformations)))
 
 

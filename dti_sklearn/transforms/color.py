@@ -141,7 +141,7 @@ class Color(Transformation):
         solved, gain = self._fit(aligned, images)
         if deviations is None:
             return solved, None
-        return solved, deviations * gain.abs().view(*gain.shape[:3], 1, 1)
+        return solved, deviations * gain.abs().unsqueeze(-1)  # (B, R, C, 1, 1)
 
     @staticmethod
     def _fit(
