@@ -8,9 +8,11 @@ Three measurements, printed as tables and written to ``--json``:
    raises a warning, counted here by source line, against the number of
    gradient steps.
 2. **Fits with the defaults**, the data resident on the GPU: ACC, NMI, fit and
-   ``predict`` times, training images per second, peak GPU memory; once with
-   the encoder in float32 and once under bfloat16 autocast
-   (``PrototypeNetwork.encoder_autocast``).
+   ``predict`` times, training images per second, peak GPU memory; with the
+   encoder in float32 and under bfloat16 autocast
+   (``PrototypeNetwork.encoder_autocast``), and with the training steps
+   replayed from CUDA graphs (the default) or run eagerly
+   (``--step-modes graphs eager``).
 3. Nothing is downloaded: the MNIST test files are read from ``--data``.
 
 Example::
@@ -46,9 +48,11 @@ MODELS = {"dtikmeans": DTIKMeans, "dtigmm": DTIGaussianMixture}
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
-def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2) -> dict:
+def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2,
+                           graphs: bool = True) -> dict:
     """Fit briefly under the sync debug mode; count synchronising calls by source line."""
     est = MODELS[model](10, max_iter=epochs, device="cuda", random_state=0)
+    est.cuda_graphs = graphs
     # Every transformation on from the first step, so that the count covers them all.
     n_transforms = len(est._build_transformations(X[:, None]))  # "auto" resolved as in fit
     est.set_params(curriculum=[0] * n_transforms)
@@ -64,14 +68,16 @@ def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2) -> dict:
         if "synchroniz" in str(w.message)
     )
     steps = epochs * -(-X.shape[0] // est.batch_size)
-    return {"model": model, "steps": steps, "synchronisations": sum(sites.values()),
+    return {"model": model, "graphs": graphs, "steps": steps,
+            "synchronisations": sum(sites.values()),
             "sites": dict(sites.most_common())}
 
 
-def fit_once(X, y, model: str, seed: int, precision: str) -> dict:
+def fit_once(X, y, model: str, seed: int, precision: str, graphs: bool = True) -> dict:
     """One fit with the defaults on the GPU; timings synchronised with the device."""
     torch.cuda.reset_peak_memory_stats()
     est = MODELS[model](10, device="cuda", random_state=seed)
+    est.cuda_graphs = graphs
     PrototypeNetwork.encoder_autocast = PRECISIONS[precision]
     try:
         torch.cuda.synchronize()
@@ -86,6 +92,7 @@ def fit_once(X, y, model: str, seed: int, precision: str) -> dict:
         PrototypeNetwork.encoder_autocast = None
     return {
         "model": model, "seed": seed, "precision": precision,
+        "steps": "graphs" if graphs else "eager",
         "acc": cluster_accuracy(y, labels),
         "nmi": float(normalized_mutual_info_score(y, labels)),
         "fit_time_s": fit_time, "predict_time_s": predict_time,
@@ -103,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--precisions", nargs="+", choices=list(PRECISIONS),
                         default=list(PRECISIONS))
+    parser.add_argument("--step-modes", nargs="+", choices=["graphs", "eager"],
+                        default=["graphs"])
     parser.add_argument("--json", default=None)
     parser.add_argument("--sync-only", action="store_true",
                         help="count the synchronisations and fit nothing else")
@@ -112,23 +121,29 @@ def main(argv: list[str] | None = None) -> dict:
     X, y = load_dataset("mnist", args.data, 10000)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
     report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
-    report["sync"] = [count_synchronisations(X[:2048], m) for m in args.models]
+    report["sync"] = [count_synchronisations(X[:2048], m, graphs=mode == "graphs")
+                      for m in args.models for mode in args.step_modes]
     for s in report["sync"]:
-        print(f"{s['model']}: {s['synchronisations']} synchronisations in {s['steps']} "
+        print(f"{s['model']} ({'graphs' if s['graphs'] else 'eager'}): "
+              f"{s['synchronisations']} synchronisations in {s['steps']} "
               f"steps (2 epochs): {s['sites']}", flush=True)
     report["fits"] = []
     if args.sync_only:
         return report
-    print(f"{'model':10} {'precision':9} {'seed':>4} {'ACC':>6} {'NMI':>6} {'fit s':>7} "
-          f"{'img/s':>7} {'pred s':>7} {'GPU MB':>7}", flush=True)
+    print(f"{'model':10} {'steps':6} {'precision':9} {'seed':>4} {'ACC':>6} {'NMI':>6} "
+          f"{'fit s':>7} {'img/s':>7} {'pred s':>7} {'GPU MB':>7}", flush=True)
     for model in args.models:
-        for precision in args.precisions:
-            for seed in args.seeds:
-                r = fit_once(X, y, model, seed, precision)
-                report["fits"].append(r)
-                print(f"{model:10} {precision:9} {seed:4d} {100 * r['acc']:6.1f} "
-                      f"{100 * r['nmi']:6.1f} {r['fit_time_s']:7.1f} {r['images_per_s']:7.0f} "
-                      f"{r['predict_time_s']:7.2f} {r['peak_gpu_mb']:7.0f}", flush=True)
+        for mode in args.step_modes:
+            for precision in args.precisions:
+                for seed in args.seeds:
+                    r = fit_once(X, y, model, seed, precision, graphs=mode == "graphs")
+                    report["fits"].append(r)
+                    print(f"{model:10} {mode:6} {precision:9} {seed:4d} {100 * r['acc']:6.1f} "
+                          f"{100 * r['nmi']:6.1f} {r['fit_time_s']:7.1f} "
+                          f"{r['images_per_s']:7.0f} {r['predict_time_s']:7.2f} "
+                          f"{r['peak_gpu_mb']:7.0f}", flush=True)
+                    if args.json:  # after every fit, so that a cut-off run leaves its fits
+                        Path(args.json).write_text(json.dumps(report, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return report

@@ -178,7 +178,10 @@ class PrototypeNetwork(nn.Module):
         """The encoder's features, in float32 whatever ``encoder_autocast``."""
         if self.encoder_autocast is None:
             return self.encoder(images)
-        with torch.autocast(images.device.type, dtype=self.encoder_autocast):
+        # A CUDA graph must not record autocast's cache of cast weights.
+        recording = images.is_cuda and torch.cuda.is_current_stream_capturing()
+        with torch.autocast(images.device.type, dtype=self.encoder_autocast,
+                            cache_enabled=not recording):
             features = self.encoder(images)
         return features.float()
 
