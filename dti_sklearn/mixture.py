@@ -80,7 +80,10 @@ class DTIGaussianMixture(BaseDTI):
         Initial per-pixel standard deviation (before the floor), as a
         fraction of ``data_range_``.
     device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU.
+        ``"auto"`` uses CUDA when available, else the CPU.  Training steps
+        run eagerly on CUDA unless the class attribute ``cuda_graphs`` is set
+        to True on an instance or subclass (off while one MNIST seed fits
+        worse with CUDA graphs, see docs/benchmarks.md).
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the network and the batch order.
     verbose : int, default=0
