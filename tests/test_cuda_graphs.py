@@ -53,6 +53,29 @@ def test_no_graphs_off_cuda():
     assert not group["capturable"] and not isinstance(group["lr"], torch.Tensor)
 
 
+def test_a_step_that_cannot_be_recorded_says_what_to_do(monkeypatch):
+    class Recorder:  # stands in for torch.cuda.graph on machines without CUDA
+        def __init__(self, graph):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def step_reading_back(x, active):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
+    monkeypatch.setattr(torch.cuda, "graph", Recorder)
+    steps = GraphedSteps(step_reading_back, warmup=0)
+    with pytest.raises(RuntimeError, match="cuda_graphs attribute to False") as info:
+        steps(torch.zeros(4, 1, 8, 8), [0])
+    assert "not permitted when stream is capturing" in str(info.value.__cause__)
+    assert steps.n_recorded == 0
+
+
 # ------------------------------------------------------------------ CUDA
 def _cuda_model(cls=DTIKMeans, **kwargs):
     params = dict(max_iter=1, batch_size=32, curriculum=[0, 0, 0], device="cuda",

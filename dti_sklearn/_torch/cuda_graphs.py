@@ -143,8 +143,17 @@ class GraphedSteps:
     def _record(self, x: torch.Tensor, active: list[int]) -> _Recording:
         static_x = x.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss, assigned = self._step(static_x, active)
+        try:
+            with torch.cuda.graph(graph):
+                loss, assigned = self._step(static_x, active)
+        except RuntimeError as error:
+            raise RuntimeError(
+                "Recording the training step as a CUDA graph failed. A step that reads "
+                "values back to the host (.item(), .cpu(), .tolist(), data-dependent shapes "
+                "such as nonzero() or boolean-mask indexing), for instance in a custom "
+                "transformation, cannot be recorded. Set the estimator's cuda_graphs "
+                "attribute to False to train with eager steps."
+            ) from error
         self.n_recorded += 1
         # Recording runs nothing: the step on this batch happens at the replay.
         return _Recording(graph, static_x, loss, assigned)
