@@ -51,8 +51,7 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2,
                            graphs: bool = True) -> dict:
     """Fit briefly under the sync debug mode; count synchronising calls by source line."""
-    est = MODELS[model](10, max_iter=epochs, device="cuda", random_state=0)
-    est.cuda_graphs = graphs
+    est = MODELS[model](10, max_iter=epochs, device="cuda", cuda_graphs=graphs, random_state=0)
     # Every transformation on from the first step, so that the count covers them all.
     n_transforms = len(est._build_transformations(X[:, None]))  # "auto" resolved as in fit
     est.set_params(curriculum=[0] * n_transforms)
@@ -76,8 +75,7 @@ def count_synchronisations(X: np.ndarray, model: str, epochs: int = 2,
 def fit_once(X, y, model: str, seed: int, precision: str, graphs: bool = True) -> dict:
     """One fit with the defaults on the GPU; timings synchronised with the device."""
     torch.cuda.reset_peak_memory_stats()
-    est = MODELS[model](10, device="cuda", random_state=seed)
-    est.cuda_graphs = graphs
+    est = MODELS[model](10, device="cuda", cuda_graphs=graphs, random_state=seed)
     PrototypeNetwork.encoder_autocast = PRECISIONS[precision]
     try:
         torch.cuda.synchronize()

@@ -91,6 +91,7 @@ class BaseDTI(
         "curriculum": [StrOptions({"auto"}), list, tuple],
         "image_shape": [None, list, tuple],
         "device": [str, torch.device],
+        "cuda_graphs": ["boolean"],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
     }

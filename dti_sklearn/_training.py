@@ -161,10 +161,6 @@ class TrainingLoop:
     race_steps = 300
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
-    #: Whether training steps on a CUDA device are recorded once per
-    #: (active transformations, batch size) as CUDA graphs and replayed
-    #: (see :mod:`dti_sklearn._torch.cuda_graphs`); ignored on other devices.
-    cuda_graphs = True
 
     # --------------------------------------------------------------- training
     def _fit_single(
@@ -403,7 +399,7 @@ class TrainingLoop:
 
         Nothing in it reads a value back to the host, so on a GPU the steps
         of an epoch are queued without waiting for one another, and the step
-        can be recorded as a CUDA graph (see ``cuda_graphs``).
+        can be recorded as a CUDA graph (the estimators' ``cuda_graphs``).
         """
         loss, assigned = self._batch_loss(network, x, active)
         optimizer.zero_grad(set_to_none=True)
@@ -434,8 +430,13 @@ class TrainingLoop:
         )
 
     def _records_graphs(self, network: PrototypeNetwork) -> bool:
-        """Whether the network's training steps are replayed from CUDA graphs."""
-        return bool(self.cuda_graphs) and graphs_available(network.prototypes.device)
+        """Whether the network's training steps are replayed from CUDA graphs.
+
+        The estimators' ``cuda_graphs`` parameter, on a CUDA device; False
+        for a model unpickled from a version without that parameter.
+        """
+        wanted = bool(getattr(self, "cuda_graphs", False))
+        return wanted and graphs_available(network.prototypes.device)
 
     @torch.no_grad()
     def _reassign_empty(

@@ -105,10 +105,13 @@ class DTIKMeans(BaseDTI):
         3-D ``(n, H, W)`` and 4-D ``(n, H, W, C)`` arrays need no
         ``image_shape``.
     device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU.  On CUDA the
-        training steps are recorded once as CUDA graphs and replayed (about
-        six times faster on MNIST-sized images); set the class attribute
-        ``cuda_graphs = False`` on an instance or subclass for eager steps.
+        ``"auto"`` uses CUDA when available, else the CPU.
+    cuda_graphs : bool, default=True
+        On CUDA, record the training step once as a CUDA graph (per set of
+        active transformations and batch shape) and replay it: about six
+        times faster fits on MNIST-sized images.  False runs eager steps,
+        for instance for a custom transformation that reads values back to
+        the host.  Ignored on other devices.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the network and the batch order (through a
         private generator: the global torch seed is left alone).  The same
@@ -219,6 +222,7 @@ class DTIKMeans(BaseDTI):
         curriculum="auto",
         image_shape=None,
         device="auto",
+        cuda_graphs: bool = True,
         random_state=None,
         verbose: int = 0,
     ) -> None:
@@ -232,6 +236,7 @@ class DTIKMeans(BaseDTI):
         self.curriculum = curriculum
         self.image_shape = image_shape
         self.device = device
+        self.cuda_graphs = cuda_graphs
         self.random_state = random_state
         self.verbose = verbose
 

@@ -80,10 +80,13 @@ class DTIGaussianMixture(BaseDTI):
         Initial per-pixel standard deviation (before the floor), as a
         fraction of ``data_range_``.
     device : str or torch.device, default="auto"
-        ``"auto"`` uses CUDA when available, else the CPU.  Training steps
-        run eagerly on CUDA unless the class attribute ``cuda_graphs`` is set
-        to True on an instance or subclass (off while one MNIST seed fits
-        worse with CUDA graphs, see docs/benchmarks.md).
+        ``"auto"`` uses CUDA when available, else the CPU.
+    cuda_graphs : bool, default=False
+        On CUDA, record the training step once as a CUDA graph and replay it,
+        as :class:`DTIKMeans` does by default (about six times faster).  Off
+        by default for the mixture: on MNIST-test seed 1 merged two digits
+        in a graph-replayed fit and in no eager one, cause not yet found
+        (docs/benchmarks.md).  Ignored on other devices.
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation, the network and the batch order.
     verbose : int, default=0
@@ -162,15 +165,6 @@ class DTIGaussianMixture(BaseDTI):
     True
     """
 
-    #: Training steps on a GPU run eagerly by default, not from CUDA graphs
-    #: (``TrainingLoop.cuda_graphs``).  On MNIST-test (an H200) seed 1 merged
-    #: two digits in all three graph-replayed fits (83.7-83.9 ACC), one of
-    #: them after the snapshot's graphs were fixed, and in no eager fit;
-    #: seeds 0, 2, 3 and 4 gave 96.1-96.6 with graphs, but before that fix.
-    #: Set it to True on an instance or a subclass for fits about six times
-    #: faster once that is understood.
-    cuda_graphs = False
-
     _parameter_constraints: dict = {
         **BaseDTI._parameter_constraints,
         "n_components": [BaseDTI._parameter_constraints["max_iter"][0]],
@@ -193,6 +187,7 @@ class DTIGaussianMixture(BaseDTI):
         var_min: float | str = "auto",
         init_std: float = 0.1,
         device="auto",
+        cuda_graphs: bool = False,
         random_state=None,
         verbose: int = 0,
     ) -> None:
@@ -208,6 +203,7 @@ class DTIGaussianMixture(BaseDTI):
         self.var_min = var_min
         self.init_std = init_std
         self.device = device
+        self.cuda_graphs = cuda_graphs
         self.random_state = random_state
         self.verbose = verbose
 

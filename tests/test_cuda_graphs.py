@@ -41,7 +41,13 @@ def test_set_learning_rate_fills_a_tensor_in_place_and_assigns_a_float():
 
 
 def test_graphs_are_the_default_of_dtikmeans_only():
-    assert DTIKMeans.cuda_graphs and not DTIGaussianMixture.cuda_graphs
+    assert DTIKMeans().get_params()["cuda_graphs"]
+    assert not DTIGaussianMixture().get_params()["cuda_graphs"]
+
+
+def test_cuda_graphs_must_be_a_boolean():
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        DTIKMeans(3, cuda_graphs="yes", max_iter=1).fit(X[:32])
 
 
 def test_no_graphs_off_cuda():
@@ -70,7 +76,7 @@ def test_a_step_that_cannot_be_recorded_says_what_to_do(monkeypatch):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", object)
     monkeypatch.setattr(torch.cuda, "graph", Recorder)
     steps = GraphedSteps(step_reading_back, warmup=0)
-    with pytest.raises(RuntimeError, match="cuda_graphs attribute to False") as info:
+    with pytest.raises(RuntimeError, match="cuda_graphs=False") as info:
         steps(torch.zeros(4, 1, 8, 8), [0])
     assert "not permitted when stream is capturing" in str(info.value.__cause__)
     assert steps.n_recorded == 0
@@ -188,8 +194,7 @@ def test_graphed_fit_matches_an_eager_fit(monkeypatch):
     assert len(made) == 1 and made[0].n_replayed > 1000
     every_transformation = tuple(range(len(graphed.network_.transformations)))
     assert (every_transformation, 64) in made[0].recorded_keys
-    eager_cls = type("EagerKMeans", (DTIKMeans,), {"cuda_graphs": False})
-    eager = eager_cls(10, **params).fit(X)
+    eager = DTIKMeans(10, cuda_graphs=False, **params).fit(X)
     assert len(made) == 1
     # CUDA fits are not bit-reproducible (atomic additions in backward), so
     # compare what a user sees: the objective and the clusters.
@@ -205,9 +210,9 @@ def test_graphed_fit_matches_an_eager_fit(monkeypatch):
 @pytest.mark.parametrize("cls", [DTIKMeans, DTIGaussianMixture], ids=["kmeans", "mixture"])
 def test_graphed_race_and_mixture_fit_and_predict(cls, monkeypatch):
     made = _spy_on_graphs(monkeypatch)
-    model_cls = type("Racing", (cls,), {"n_candidates": 2, "race_steps": 20,
-                                        "cuda_graphs": True})
-    model = model_cls(4, max_iter=8, batch_size=32, device="cuda", random_state=0).fit(X[:512])
+    model_cls = type("Racing", (cls,), {"n_candidates": 2, "race_steps": 20})
+    model = model_cls(4, max_iter=8, batch_size=32, device="cuda", cuda_graphs=True,
+                      random_state=0).fit(X[:512])
     assert len(made) == 2 and all(steps.n_replayed > 0 for steps in made)
     assert np.isfinite(model.prototypes_).all()
     np.testing.assert_array_equal(model.predict(X[:512]), model.labels_)

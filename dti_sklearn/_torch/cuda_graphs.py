@@ -151,8 +151,8 @@ class GraphedSteps:
                 "Recording the training step as a CUDA graph failed. A step that reads "
                 "values back to the host (.item(), .cpu(), .tolist(), data-dependent shapes "
                 "such as nonzero() or boolean-mask indexing), for instance in a custom "
-                "transformation, cannot be recorded. Set the estimator's cuda_graphs "
-                "attribute to False to train with eager steps."
+                "transformation, cannot be recorded. Pass cuda_graphs=False to the "
+                "estimator to train with eager steps."
             ) from error
         self.n_recorded += 1
         # Recording runs nothing: the step on this batch happens at the replay.
