@@ -8,6 +8,7 @@ without one (CI has none).
 from __future__ import annotations
 
 import copy
+import gc
 
 import numpy as np
 import pytest
@@ -216,3 +217,18 @@ def test_graphed_race_and_mixture_fit_and_predict(cls, monkeypatch):
     assert len(made) == 2 and all(steps.n_replayed > 0 for steps in made)
     assert np.isfinite(model.prototypes_).all()
     np.testing.assert_array_equal(model.predict(X[:512]), model.labels_)
+
+
+@needs_cuda
+def test_consecutive_graphed_fits_hold_no_more_memory():
+    # One warm-up stream per device, not per fit: cuBLAS keeps a workspace
+    # for every stream it has run on until the process ends.
+    def memory_after_a_fit() -> int:
+        DTIKMeans(4, max_iter=3, batch_size=32, device="cuda", random_state=0).fit(X[:256])
+        gc.collect()
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
+
+    first = memory_after_a_fit()
+    memory_after_a_fit()
+    assert memory_after_a_fit() <= first + 2**20
