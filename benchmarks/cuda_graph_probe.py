@@ -5,18 +5,21 @@ launches, not arithmetic: the host spends longer queueing its few hundred
 small kernels than the device spends running them.  A CUDA graph records the
 whole step (forward, backward and the fused Adam update) once and replays it
 with one launch.  This script measures both on MNIST-test batches with every
-transformation of DTIKMeans's default sequence on, outside ``fit``::
+transformation of DTIKMeans's default sequence on, outside ``fit``, the replayed
+steps through the package's ``GraphedSteps`` as ``fit`` runs them::
 
     python benchmarks/cuda_graph_probe.py --data ../shared/data/mnist --steps 300
 
-It prints milliseconds per step, images per second and the capture time for
-each batch size, and writes them to ``--json``.  ``--device cpu`` times the
-eager steps only (a plumbing check; CPU steps are bound by arithmetic).
+It prints milliseconds per step, images per second and the capture time (the
+recording and its first replay) for each batch size, and writes them to
+``--json``.  ``--device cpu`` times the eager steps only (a plumbing check; CPU
+steps are bound by arithmetic).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_mnist import load_dataset  # noqa: E402
 
 from dti_sklearn import DTIKMeans  # noqa: E402
+from dti_sklearn._torch.cuda_graphs import GraphedSteps  # noqa: E402
 from dti_sklearn._torch.network import PrototypeNetwork  # noqa: E402
 
 #: Batches drawn once and cycled through, so that no step waits for indexing.
@@ -40,11 +44,11 @@ _N_BATCHES = 16
 def build(images: np.ndarray, batch_size: int, device: str, graphable: bool):
     """The estimator, network, optimizer and device data of a fit at its first step.
 
-    ``graphable`` builds Adam with ``capturable=True`` and a tensor learning
-    rate, as a captured step needs: the update then reads its step count and
-    learning rate from device memory instead of the host.
+    ``graphable`` is the estimator's ``cuda_graphs``: on CUDA its optimizer
+    is then built as ``fit`` builds it for replayed steps (Adam with
+    ``capturable=True`` and a learning rate in device memory).
     """
-    est = DTIKMeans(10, random_state=0, batch_size=batch_size)
+    est = DTIKMeans(10, random_state=0, batch_size=batch_size, cuda_graphs=graphable)
     nchw = torch.from_numpy(np.ascontiguousarray(images[:, None]))
     data = nchw.to(device)
     est.n_features_in_ = data[0].numel()
@@ -54,13 +58,6 @@ def build(images: np.ndarray, batch_size: int, device: str, graphable: bool):
     network = PrototypeNetwork(centres, transformations, **est._network_kwargs(data, centres))
     network.to(device)
     optimizer = est._make_optimizer(network)
-    if graphable:  # the same parameter groups, updated from device memory
-        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]}
-                  for g in optimizer.param_groups]
-        optimizer = torch.optim.Adam(
-            groups, lr=torch.tensor(est.learning_rate, device=device), fused=True,
-            capturable=True,
-        )
     return est, network, optimizer, data, list(range(len(transformations)))
 
 
@@ -94,39 +91,27 @@ def time_eager(images: np.ndarray, batch_size: int, steps: int, device: str) -> 
 
 
 def time_graphed(images: np.ndarray, batch_size: int, steps: int, device: str) -> dict:
-    """Milliseconds per step when the whole step is replayed from one CUDA graph."""
+    """Milliseconds per step replayed by ``GraphedSteps``, as ``fit`` replays them."""
     est, network, optimizer, data, active = build(images, batch_size, device, True)
     batches = _batches(data, batch_size)
-    static_x = data[batches[0]].clone()
-    # Warm-up on a side stream, as torch.cuda.graph's documentation asks.
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(5):
-            static_x.copy_(data[batches[i % _N_BATCHES]])
-            est._train_step(network, optimizer, static_x, active)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)
+    graphed = GraphedSteps(functools.partial(est._train_step, network, optimizer), warmup=5)
+    for i in range(5):  # eager warm-up steps on the side stream
+        graphed(data[batches[i]], active)
+    _synchronize(device)
     start = time.perf_counter()
-    with torch.cuda.graph(graph):
-        static_loss, _ = est._batch_loss(network, static_x, active)
-        static_loss.backward()
-        optimizer.step()
+    graphed(data[batches[5]], active)  # recorded, then replayed once
     _synchronize(device)
     capture = time.perf_counter() - start
-    for i in range(10):
-        static_x.copy_(data[batches[i % _N_BATCHES]])
-        graph.replay()
+    for i in range(6, 16):
+        graphed(data[batches[i % _N_BATCHES]], active)
     _synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
-        static_x.copy_(data[batches[i % _N_BATCHES]])
-        graph.replay()
+        loss, _ = graphed(data[batches[i % _N_BATCHES]], active)
     _synchronize(device)
     seconds = (time.perf_counter() - start) / steps
     return {"ms_per_step": 1e3 * seconds, "images_per_s": batch_size / seconds,
-            "final_batch_loss": float(static_loss.detach()), "capture_s": capture}
+            "final_batch_loss": float(loss), "capture_s": capture}
 
 
 def main(argv: list[str] | None = None) -> dict:
