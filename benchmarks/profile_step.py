@@ -5,6 +5,12 @@ configuration on random 28 x 28 images with every transformation switched on,
 and optionally prints the top operators of ``torch.profiler``::
 
     python benchmarks/profile_step.py --batch-size 64 --steps 30 --profile
+
+``--compile loss`` times the step with the loss computation compiled by
+:func:`torch.compile` (``--compile encoder``: the encoder alone), and
+``--channels-last`` with the encoder in the channels-last memory format; the
+time of the first, compiling step is printed apart.  Neither is what ``fit``
+does: they measure alternatives (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", choices=["loss", "encoder"], default=None)
+    parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,15 +63,28 @@ def main(argv: list[str] | None = None) -> float:
     )
     optimizer = estimator._make_optimizer(network)
     active = list(range(len(transformations)))
+    if args.channels_last:
+        _encode_channels_last(network)
+    if args.compile == "encoder":
+        network.encoder = torch.compile(network.encoder)
+
+    def batch_loss(x: torch.Tensor) -> torch.Tensor:
+        return estimator._batch_loss(network, x, active)[0]
+
+    if args.compile == "loss":
+        batch_loss = torch.compile(batch_loss)
 
     def step(i: int) -> None:
         x = data[(i % 8) * batch:(i % 8 + 1) * batch]
-        loss, _ = estimator._batch_loss(network, x, active)
+        loss = batch_loss(x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    for i in range(5):
+    first = time.perf_counter()
+    step(0)
+    first = time.perf_counter() - first
+    for i in range(1, 5):
         step(i)
     start, cpu_start = time.perf_counter(), time.process_time()
     for i in range(args.steps):
@@ -74,8 +95,10 @@ def main(argv: list[str] | None = None) -> float:
     print(
         f"{args.model} K={args.n_clusters} {shape} batch={batch} "
         f"transforms={[type(t).__name__ for t in transformations]} "
-        f"threads={torch.get_num_threads()}: {1000 * seconds / args.steps:.1f} ms/step, "
-        f"{rate:.0f} images/s ({cpu_ms:.1f} ms of CPU time per step)"
+        f"threads={torch.get_num_threads()} compile={args.compile} "
+        f"channels_last={args.channels_last}: {1000 * seconds / args.steps:.1f} ms/step, "
+        f"{rate:.0f} images/s ({cpu_ms:.1f} ms of CPU time per step; first step "
+        f"{first:.2f} s)"
     )
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -85,6 +108,15 @@ def main(argv: list[str] | None = None) -> float:
                 step(i)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     return rate
+
+
+def _encode_channels_last(network: PrototypeNetwork) -> None:
+    """Make the network's encoder read and keep channels-last tensors."""
+    encoder = network.encoder.to(memory_format=torch.channels_last)
+    forward = encoder.forward
+    encoder.forward = lambda images: forward(
+        images.contiguous(memory_format=torch.channels_last)
+    )
 
 
 if __name__ == "__main__":

@@ -222,18 +222,32 @@ def test_cuda_graph_probe_times_eager_steps_on_the_cpu(tmp_path, capsys):
     assert "batch   16 eager" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("model", ["kmeans", "gmm"])
-def test_profile_step_runs_the_defaults(model, capsys):
-    """benchmarks/profile_step.py builds each estimator's default sequence, "auto" settings
-    resolved as in fit, and times a few steps."""
+def _load_profile_step():
+    """benchmarks/profile_step.py as a module."""
     spec = importlib.util.spec_from_file_location(
         "profile_step", REPO_ROOT / "benchmarks" / "profile_step.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("model", ["kmeans", "gmm"])
+def test_profile_step_runs_the_defaults(model, capsys):
+    """benchmarks/profile_step.py builds each estimator's default sequence, "auto" settings
+    resolved as in fit, and times a few steps."""
+    module = _load_profile_step()
     rate = module.main(["--model", model, "--size", "16", "--steps", "1", "--batch-size", "8"])
     assert rate > 0
     assert "Morphological" in capsys.readouterr().out
+
+
+def test_profile_step_times_the_encoder_channels_last(capsys):
+    """``--channels-last`` times the same step with the encoder in channels-last layout."""
+    module = _load_profile_step()
+    args = ["--size", "16", "--steps", "1", "--batch-size", "8", "--channels-last"]
+    assert module.main(args) > 0
+    assert "channels_last=True" in capsys.readouterr().out
 
 
 def test_parallel_runs_keep_the_specs_order(bench, monkeypatch):
