@@ -85,3 +85,43 @@ def decay_start(max_iter: int) -> int:
 def learning_rate_at(base: float, epoch: int, max_iter: int) -> float:
     """Learning rate of ``epoch``: the base rate, a tenth of it at the end."""
     return base * 0.1 if epoch >= decay_start(max_iter) else base
+
+
+
+
+def warmup_rate(
+    rate: float, epoch: int, step: int, start: int | None, steps_per_epoch: int,
+    warmup_steps: int,
+) -> float:
+    """Learning rate of the encoder and heads at ``step`` of ``epoch``.
+
+    The rate rises linearly over ``warmup_steps`` gradient steps from
+    ``start``, the epoch at which the first transformation with predicted
+    parameters is switched on (``rate / warmup_steps`` at its first step,
+    ``rate`` from step ``warmup_steps`` on): until then the encoder and
+    heads get no gradient, and a linear warm-up keeps Adam's first steps
+    on them, taken from moment estimates of a few batches, small.
+    ``rate`` before ``start``, without one (None) and when
+    ``warmup_steps`` is 0.
+
+    Parameters
+    ----------
+    rate : float
+        The epoch's learning rate (:func:`learning_rate_at`).
+    epoch, step : int
+        The epoch, and the gradient step within it (from 0).
+    start : int or None
+        Start epoch of the first transformation with predicted parameters.
+    steps_per_epoch : int
+        Gradient steps in one epoch.
+    warmup_steps : int
+        Length of the warm-up in gradient steps.
+
+    Returns
+    -------
+    float
+    """
+    if warmup_steps <= 0 or start is None or epoch < start:
+        return rate
+    since = (epoch - start) * steps_per_epoch + step
+    return rate * (since + 1) / warmup_steps if since < warmup_steps else rate

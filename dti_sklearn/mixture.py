@@ -383,7 +383,7 @@ class DTIGaussianMixture(BaseDTI):
         """Number of free parameters counted by :meth:`bic` and :meth:`aic`."""
         network = self.network_
         per_image = 2 * self.n_components * self.n_features_in_
-        used = network._parametric  # transformations that have parameters
+        used = network.predicted  # transformations that have parameters
         predictor = 0
         if used:
             heads = network.heads

@@ -41,6 +41,31 @@ def test_set_learning_rate_fills_a_tensor_in_place_and_assigns_a_float():
     assert with_float.param_groups[0]["lr"] == 0.025
 
 
+def test_set_learning_rate_of_one_group_leaves_the_others():
+    first, second = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.Adam([
+        {"params": [first], "lr": torch.tensor(0.1)},
+        {"params": [second], "lr": torch.tensor(0.1)},
+    ])
+    set_learning_rate(optimizer, 0.025, 0)
+    assert optimizer.param_groups[0]["lr"].item() == pytest.approx(0.025)
+    assert optimizer.param_groups[1]["lr"].item() == pytest.approx(0.1)
+
+
+def test_graphable_optimizer_gives_each_group_its_own_rate_tensor(monkeypatch):
+    # Off CUDA the tensor rate is what a graphed fit would get; one shared
+    # tensor would let the predictor's warm-up slow the prototypes down too.
+    model = DTIKMeans(3, max_iter=1, batch_size=32, curriculum=[0, 0, 0], random_state=0)
+    model.fit(X[:96])
+    monkeypatch.setattr(_training, "graphs_available", lambda device: True)
+    optimizer = model._make_optimizer(model.network_)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert all(isinstance(rate, torch.Tensor) for rate in rates)
+    assert rates[0] is not rates[1]
+    set_learning_rate(optimizer, 0.0, _training._PREDICTOR_GROUP)
+    assert rates[1].item() == pytest.approx(model.learning_rate)
+
+
 def test_graphs_are_the_default_of_dtikmeans_only():
     assert DTIKMeans().get_params()["cuda_graphs"]
     assert not DTIGaussianMixture().get_params()["cuda_graphs"]
@@ -150,6 +175,21 @@ def test_replays_read_the_learning_rate_and_never_wait_for_the_device():
     for param, old in zip(network.parameters(), before):
         torch.testing.assert_close(param, old, rtol=0, atol=0)  # a learning rate of 0
     assert torch.isfinite(loss).item() and assigned.shape == (32,)
+
+
+@needs_cuda
+def test_replays_read_each_groups_own_learning_rate():
+    network, optimizer, steps, data, active = _graphed_steps()
+    steps(data[:32], active)
+    steps(data[32:64], active)  # recorded and replayed
+    set_learning_rate(optimizer, 0.0, _training._PREDICTOR_GROUP)  # as at a warm-up's start
+    predictor = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+    prototypes = network.prototypes.detach().clone()
+    for start in (64, 96):
+        steps(data[start:start + 32], active)
+    for param, old in zip(optimizer.param_groups[0]["params"], predictor):
+        torch.testing.assert_close(param, old, rtol=0, atol=0)
+    assert not torch.equal(network.prototypes.detach(), prototypes)
 
 
 def _spy_on_graphs(monkeypatch) -> list[GraphedSteps]:

@@ -25,6 +25,7 @@ from dti_sklearn._schedule import (
     active_at,
     curriculum_starts,
     learning_rate_at,
+    warmup_rate,
 )
 from dti_sklearn._torch.network import PrototypeNetwork
 from dti_sklearn.kmeans import auto_transforms
@@ -567,6 +568,44 @@ def test_learning_rate_schedule(max_iter):
         assert rates[: max_iter - n_low] == [1e-3] * (max_iter - n_low)
         assert rates[max_iter - n_low :] == pytest.approx([1e-4] * n_low)
         assert n_low >= 1
+
+
+def test_warmup_rate_rises_linearly_from_the_first_predicted_start():
+    full = 1e-3
+    rates = [
+        warmup_rate(full, epoch, step, 2, steps_per_epoch=3, warmup_steps=4)
+        for epoch in range(5) for step in range(3)
+    ]
+    assert rates[:6] == [full] * 6  # nothing predicted before epoch 2
+    assert rates[6:10] == pytest.approx([full / 4, full / 2, 3 * full / 4, full])
+    assert rates[10:] == [full] * 5
+    assert warmup_rate(full, 2, 0, 2, 3, warmup_steps=0) == full
+    assert warmup_rate(full, 2, 0, None, 3, warmup_steps=4) == full
+
+
+def test_fit_warms_the_predictor_up_when_it_first_gets_gradients(digits, monkeypatch):
+    seen = []
+    train_step = _training.TrainingLoop._train_step
+
+    def spy(self, network, optimizer, x, active):
+        seen.append((len(active), [float(group["lr"]) for group in optimizer.param_groups]))
+        return train_step(self, network, optimizer, x, active)
+
+    monkeypatch.setattr(_training.TrainingLoop, "_train_step", spy)
+    model = DTIKMeans(3, transforms=["identity", "affine", "morphological"], max_iter=4,
+                      curriculum=[0, 1, 2], batch_size=32, random_state=0)
+    model.warmup_steps = 3
+    model.fit(digits[:128])  # 4 steps per epoch
+    assert [n for n, _ in seen] == [1] * 4 + [2] * 4 + [3] * 8
+    predictor = [rates[0] for _, rates in seen]
+    assert [rates[1] for _, rates in seen] == [1e-3] * 16  # the prototypes' rate
+    assert predictor[:4] == [1e-3] * 4  # the identity only: nothing to warm up
+    assert predictor[4:7] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
+    assert predictor[7:] == [1e-3] * 9  # no second warm-up for the morphological heads
+    model.warmup_steps = 0
+    seen.clear()
+    model.fit(digits[:128])
+    assert [rates[0] for _, rates in seen] == [1e-3] * 16
 
 
 # ----------------------------------------------------- empty-cluster handling

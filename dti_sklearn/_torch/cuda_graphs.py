@@ -70,9 +70,15 @@ def graphable_optimizer_kwargs(learning_rate: float, device: torch.device) -> di
     }
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, value: float) -> None:
-    """Set every group's learning rate; a tensor learning rate is filled in place."""
-    for group in optimizer.param_groups:
+def set_learning_rate(
+    optimizer: torch.optim.Optimizer, value: float, group_index: int | None = None,
+) -> None:
+    """Set every group's learning rate, or group ``group_index``'s only.
+
+    A tensor learning rate is filled in place (a CUDA graph reads it there).
+    """
+    groups = optimizer.param_groups
+    for group in groups if group_index is None else [groups[group_index]]:
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].fill_(value)
         else:

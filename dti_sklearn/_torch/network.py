@@ -110,6 +110,11 @@ class PrototypeNetwork(nn.Module):
         """Number of prototypes K."""
         return self.prototypes.shape[0]
 
+    @property
+    def predicted(self) -> list[int]:
+        """Indices of the transformations whose parameters the heads predict."""
+        return list(self._parametric)
+
     def cluster_parameters(self) -> list[nn.Parameter]:
         """Every parameter whose first dimension indexes the K clusters."""
         params = [self.prototypes, self.heads.hidden_weight, self.heads.hidden_bias]
