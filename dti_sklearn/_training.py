@@ -161,17 +161,17 @@ class TrainingLoop:
     race_steps = 300
     #: Weight decay of the encoder and heads (the paper's 1e-6).
     weight_decay = 1e-6
-    #: Gradient steps over which the learning rate of the encoder and heads
-    #: rises linearly from zero once the first transformation with predicted
+    #: Epochs over which the learning rate of the encoder and heads rises
+    #: linearly from zero once the first transformation with predicted
     #: parameters is switched on (see
-    #: :func:`~dti_sklearn._schedule.warmup_rate`); 0, the default, trains
-    #: them at the full rate from their first step.  With 157 (one epoch)
-    #: DTIKMeans on MNIST-test ended at an 18-35 % lower loss and 93.6
-    #: against 93.0 NMI at the same ACC (97.2), but ``load_digits`` fell from
-    #: 95.7 to 92.9 ACC (93.0 with 29 steps, one epoch there; one seed of
-    #: five merged two digits with either): off by default
+    #: :func:`~dti_sklearn._schedule.warmup_rate`; rounded up to whole
+    #: gradient steps); 0 trains them at the full rate from their first
+    #: step.  Off for DTIKMeans: with one epoch, MNIST-test ended at an
+    #: 18-35 % lower loss and 93.6 against 93.0 NMI at the same ACC (97.2),
+    #: but ``load_digits`` fell from 95.7 to 93.0 ACC (one seed of five
+    #: merged two digits).  DTIGaussianMixture turns it on
     #: (docs/benchmarks.md).
-    warmup_steps = 0
+    warmup_epochs: float = 0
 
     # --------------------------------------------------------------- training
     def _fit_single(
@@ -331,7 +331,8 @@ class TrainingLoop:
         warmup = functools.partial(
             warmup_rate, rate, epoch,
             start=min((starts[m] for m in network.predicted), default=None),
-            steps_per_epoch=len(batches), warmup_steps=self.warmup_steps,
+            steps_per_epoch=len(batches),
+            warmup_steps=math.ceil(self.warmup_epochs * len(batches)),
         )
         warming = warmup(0) < rate  # then the predictor's rate is set at every step
         for index, batch in enumerate(batches):

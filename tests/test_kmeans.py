@@ -594,15 +594,15 @@ def test_fit_warms_the_predictor_up_when_it_first_gets_gradients(digits, monkeyp
     monkeypatch.setattr(_training.TrainingLoop, "_train_step", spy)
     model = DTIKMeans(3, transforms=["identity", "affine", "morphological"], max_iter=4,
                       curriculum=[0, 1, 2], batch_size=32, random_state=0)
-    model.warmup_steps = 3
-    model.fit(digits[:128])  # 4 steps per epoch
+    model.warmup_epochs = 0.75  # 3 of the 4 steps per epoch
+    model.fit(digits[:128])
     assert [n for n, _ in seen] == [1] * 4 + [2] * 4 + [3] * 8
     predictor = [rates[0] for _, rates in seen]
     assert [rates[1] for _, rates in seen] == [1e-3] * 16  # the prototypes' rate
     assert predictor[:4] == [1e-3] * 4  # the identity only: nothing to warm up
     assert predictor[4:7] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3])
     assert predictor[7:] == [1e-3] * 9  # no second warm-up for the morphological heads
-    model.warmup_steps = 0
+    model.warmup_epochs = 0
     seen.clear()
     model.fit(digits[:128])
     assert [rates[0] for _, rates in seen] == [1e-3] * 16
