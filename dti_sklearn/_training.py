@@ -166,11 +166,10 @@ class TrainingLoop:
     #: parameters is switched on (see
     #: :func:`~dti_sklearn._schedule.warmup_rate`; rounded up to whole
     #: gradient steps); 0 trains them at the full rate from their first
-    #: step.  Off for DTIKMeans: with one epoch, MNIST-test ended at an
-    #: 18-35 % lower loss and 93.6 against 93.0 NMI at the same ACC (97.2),
-    #: but ``load_digits`` fell from 95.7 to 93.0 ACC (one seed of five
-    #: merged two digits).  DTIGaussianMixture turns it on
-    #: (docs/benchmarks.md).
+    #: step.  Off for DTIKMeans: with one epoch every loss fell, but the
+    #: accuracy did not rise (MNIST-test 97.2 at 93.6 against 93.0 NMI;
+    #: ``load_digits`` lower on two machines, one merged run on one of them).
+    #: DTIGaussianMixture turns it on (docs/benchmarks.md).
     warmup_epochs: float = 0
 
     # --------------------------------------------------------------- training
