@@ -21,10 +21,14 @@ the same images in ``[0, 1]`` would be.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import sklearn
 from sklearn.utils.validation import check_array, validate_data
 
 
@@ -118,17 +122,59 @@ def _check_image_shape(image_shape: object) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
+#: Folders whose frames a warning skips to reach the user's code: this
+#: package's and scikit-learn's (its ``_fit_context`` wraps ``fit``).
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep for path in (__file__, sklearn.__file__)
+)
+
+
+def _warn_at_caller(message: str) -> None:
+    """Issue a ``UserWarning`` attributed to the first frame outside the libraries.
+
+    The call depth from the user's ``fit`` to here differs between entry
+    points (``fit``, ``fit_predict``, the thread-limiting wrapper,
+    scikit-learn's parameter validation), so a fixed ``stacklevel`` would
+    point into a library.
+    """
+    frame, level = sys._getframe(1), 2  # stacklevel 2: this function's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        _LIBRARY_DIRS
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
 def _warn_if_channels_first(shape: tuple[int, ...]) -> None:
     """Warn when 4-D images look like PyTorch's ``(n, C, H, W)`` instead of ``(n, H, W, C)``."""
     if len(shape) == 3 and shape[0] <= 4 < shape[2]:
-        warnings.warn(
+        _warn_at_caller(
             f"X has images of shape {shape}, read as {shape[0]} x {shape[1]} pixels with "
             f"{shape[2]} channels (channels last). If they are {shape[2]} x ... images with "
             f"{shape[0]} channels (channels first, PyTorch's layout), pass "
-            "np.moveaxis(X, 1, -1).",
-            UserWarning,
-            stacklevel=4,
+            "np.moveaxis(X, 1, -1)."
         )
+
+
+#: Smallest side of the square images that a 2-D input without ``image_shape``
+#: is checked for: rows of ``s * s`` (grey) or ``3 * s * s`` (RGB) values,
+#: ``s`` at least this, get a warning that they are read as ``1 x d`` signals.
+#: scikit-learn's ``load_digits().data`` (64 values, 8 x 8) is the case in point.
+FLAT_SQUARE_MIN_SIDE = 8
+
+
+def _warn_if_flattened_square(n_features: int) -> None:
+    """Warn when 2-D rows without ``image_shape`` look like flattened square images."""
+    for channels, shape in ((1, "({s}, {s})"), (3, "({s}, {s}, 3)")):
+        side = math.isqrt(n_features // channels)
+        if n_features == channels * side * side and side >= FLAT_SQUARE_MIN_SIDE:
+            hint = shape.format(s=side)
+            _warn_at_caller(
+                f"X is 2-D with {n_features} values per row and no image_shape, so every "
+                f"row is read as a 1 x {n_features} signal. If the rows are flattened "
+                f"images, pass image_shape={hint}."
+            )
+            return
 
 
 def _to_float_nchw(array: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -192,6 +238,7 @@ def validate_images(
             array = array.astype(np.float64)
         if reset:
             if image_shape is None:
+                _warn_if_flattened_square(array.shape[1])
                 shape: tuple[int, ...] = (1, array.shape[1])
             else:
                 shape = _check_image_shape(image_shape)

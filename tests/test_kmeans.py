@@ -732,6 +732,22 @@ def test_channels_first_images_get_a_warning(digits):
         DTIKMeans(K, max_iter=1, random_state=0).fit(np.moveaxis(rgb, 1, -1))
 
 
+def test_flattened_square_images_get_a_warning(digits):
+    flat = digits[:20].reshape(20, -1)  # load_digits().data: 64 values, 8 x 8 images
+    with pytest.warns(UserWarning, match=r"image_shape=\(8, 8\)") as record:
+        model = DTIKMeans(K, max_iter=1, random_state=0).fit(flat)
+    assert record[0].filename == __file__  # points at the caller, not into the package
+    assert model.prototypes_.shape == (K, 1, 64)  # read as asked: 1 x 64 signals
+    rgb = np.repeat(digits[:20, :, :, None], 3, axis=3).reshape(20, -1)
+    with pytest.warns(UserWarning, match=r"image_shape=\(8, 8, 3\)"):
+        DTIKMeans(K, max_iter=1, random_state=0).fit(rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        DTIKMeans(K, max_iter=1, image_shape=(8, 8), random_state=0).fit(flat)
+        DTIKMeans(K, max_iter=1, random_state=0).fit(flat[:, :63])  # not square
+        DTIKMeans(K, max_iter=1, random_state=0).fit(flat[:, :49])  # 7 x 7: too small
+
+
 @pytest.mark.parametrize(
     ("prototypes", "expected"),
     [((10, 1, 28, 28), 128), ((10, 1, 64, 64), 128), ((10, 3, 64, 64), 32),
