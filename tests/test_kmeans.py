@@ -78,6 +78,7 @@ LAYOUTS = ["nhw", "nhwc", "flat_hw", "flat_hwc", "flat_plain"]
 
 
 # ------------------------------------------------------------------- layouts
+@pytest.mark.filterwarnings("ignore:X is 2-D with:UserWarning")  # 1 x d rows on purpose
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fitted_shapes_for_every_layout(layout, digits, color_digits):
     X, image_shape, expected_shape = _layouts(digits, color_digits)[layout]
@@ -106,6 +107,7 @@ def test_fitted_shapes_for_every_layout(layout, digits, color_digits):
     assert np.isfinite(model.loss_curve_).all() and math.isfinite(model.inertia_)
 
 
+@pytest.mark.filterwarnings("ignore:X is 2-D with:UserWarning")  # 1 x d rows on purpose
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_identity_distances_are_in_the_callers_layout(layout, digits, color_digits):
     # With the identity only, every aligned prototype is the prototype itself:
@@ -143,6 +145,7 @@ def test_uint8_input_is_scaled(digits):
     np.testing.assert_allclose(internal[:, 0], X8 / 255.0, rtol=0, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:X is 2-D with:UserWarning")  # 1 x d rows on purpose
 def test_auto_transforms_put_the_solved_colour_in_front_on_images_of_16_by_16_or_more(digits):
     big = np.kron(digits[:60], np.ones((2, 2)))  # 16 x 16
     model = DTIKMeans(K, max_iter=1, random_state=0).fit(big)
@@ -393,6 +396,7 @@ def test_wrong_number_of_dimensions(digits):
         DTIKMeans(K, **FAST).fit(digits[:, None, :, :, None])
 
 
+@pytest.mark.filterwarnings("ignore:X is 2-D with:UserWarning")  # 1 x d rows on purpose
 def test_predict_on_a_different_image_shape(digits):
     model = DTIKMeans(K, transforms=None, **FAST).fit(digits)
     with pytest.raises(ValueError, match=r"shape \(7, 7\).*fitted on images of shape \(8, 8\)"):

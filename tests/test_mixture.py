@@ -219,6 +219,7 @@ def _layouts(digits):
     }
 
 
+@pytest.mark.filterwarnings("ignore:X is 2-D with:UserWarning")  # 1 x d rows on purpose
 @pytest.mark.parametrize("layout", ["nhw", "nhwc", "flat_hw", "flat_hwc", "flat_plain"])
 def test_every_layout(layout, digits):
     X, image_shape, expected = _layouts(digits)[layout]
