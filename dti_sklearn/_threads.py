@@ -20,10 +20,12 @@ count for the duration of a fit to what these rules allow, then restores it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -133,4 +135,33 @@ def limit_torch_threads(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["limit_torch_threads", "torch_thread_budget"]
+@contextlib.contextmanager
+def torch_thread_workers(n_workers: int, threads_each: int):
+    """A pool of ``n_workers`` threads, each running torch with ``threads_each`` threads.
+
+    OpenMP's thread count is per thread, so each worker sets its own on
+    start; but torch also keeps the count for threads started later and
+    MKL's, both process-wide, so the caller's count is set back on exit.
+
+    Parameters
+    ----------
+    n_workers : int
+        Number of worker threads.
+    threads_each : int
+        torch's intra-op threads in each worker.
+
+    Yields
+    ------
+    concurrent.futures.ThreadPoolExecutor
+    """
+    saved = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(
+            n_workers, initializer=torch.set_num_threads, initargs=(threads_each,),
+        ) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(saved)
+
+
+__all__ = ["limit_torch_threads", "torch_thread_budget", "torch_thread_workers"]

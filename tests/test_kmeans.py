@@ -770,3 +770,52 @@ def test_predictions_do_not_depend_on_the_inference_batch(digits, monkeypatch):
     assert _inference.inference_batch(model.network_) == 4
     np.testing.assert_allclose(model.transform(digits), distances, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.predict(digits), distances.argmin(1))
+
+
+def test_chunks_computed_in_parallel_match_one_at_a_time(digits, monkeypatch):
+    # Several chunks at once, one torch thread per worker, give the outputs of
+    # computing them one after the other, and leave torch's thread count and
+    # grad mode as they were.
+    model = DTIKMeans(K, transforms=["affine", "morphological"], **FAST).fit(digits)
+    monkeypatch.setattr(_inference, "inference_batch", lambda network: 16)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(_inference, "torch_thread_budget", lambda: 3)
+    try:
+        assert _inference.chunk_workers(torch.zeros(N, 1, 8, 8), model.network_) == 3
+        parallel = model.transform(digits)
+        aligned = model.get_aligned_prototypes(digits[:40])
+        assert torch.get_num_threads() == 2 and torch.is_grad_enabled()
+        monkeypatch.setattr(_inference, "chunk_workers", lambda data, network: 1)
+        np.testing.assert_allclose(parallel, model.transform(digits), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            aligned, model.get_aligned_prototypes(digits[:40]), rtol=1e-6, atol=1e-7,
+        )
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_parallel_chunks_pass_a_worker_error_to_the_caller(digits, monkeypatch):
+    model = DTIKMeans(K, transforms=["affine"], **FAST).fit(digits)
+    monkeypatch.setattr(_inference, "inference_batch", lambda network: 16)
+    monkeypatch.setattr(_inference, "torch_thread_budget", lambda: 2)
+    assert _inference.chunk_workers(torch.zeros(N, 1, 8, 8), model.network_) == 2
+    saved = torch.get_num_threads()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(model, "_costs", fail)
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        model.predict(digits)
+    assert torch.get_num_threads() == saved
+
+
+def test_chunks_too_large_for_the_cache_budget_are_computed_one_at_a_time(monkeypatch):
+    monkeypatch.setattr(_inference, "torch_thread_budget", lambda: 4)
+    affine = make_transformations(["affine"])
+    small = PrototypeNetwork(torch.zeros(10, 1, 28, 28), affine)  # chunks of 128
+    large = PrototypeNetwork(torch.zeros(10, 3, 64, 64), affine)  # chunks of 32
+    assert _inference.chunk_workers(torch.zeros(1000, 1, 28, 28), small) == 4
+    assert _inference.chunk_workers(torch.zeros(200, 1, 28, 28), small) == 2  # two chunks
+    assert _inference.chunk_workers(torch.zeros(1000, 3, 64, 64), large) == 1
