@@ -65,7 +65,7 @@ def chunk_workers(data: torch.Tensor, network: PrototypeNetwork) -> int:
     devices, whose kernels are queued on one stream.  A chunk's many small
     operators keep two threads busy less well than two chunks keep one
     thread each: on two cores, ``predict`` on the 10,000 MNIST-test images
-    took 1.86 s against 2.25 s (median of seven), with the same outputs.
+    took 1.87 s against 2.28 s (median of seven), with the same outputs.
     Two chunks of 64 x 64 RGB images at once, past that budget, were 1.18
     times slower instead (docs/benchmarks.md).
     """
