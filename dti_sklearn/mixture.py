@@ -249,11 +249,15 @@ class DTIGaussianMixture(BaseDTI):
         log_std = torch.full_like(centres, math.log(self.init_std))
         return {"log_deviations": log_std, "mixing_logits": True}
 
-    def _log_density(self, x, means, deviations) -> torch.Tensor:
-        """(B, R) ``log N(x | aligned mean, aligned variance)`` per component."""
+    def _log_density(self, x, means, deviations, sum_dtype=None) -> torch.Tensor:
+        """(B, R) ``log N(x | aligned mean, aligned variance)`` per component.
+
+        The per-pixel terms are in the network's precision; ``sum_dtype``
+        (e.g. float64 for the costs) is that of their sums over the pixels.
+        """
         variances = deviations.pow(2) + self._variance_floor
         sq = (x.unsqueeze(1) - means).pow(2) / variances
-        return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2)
+        return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2, dtype=sum_dtype)
 
     def _batch_loss(self, network, x, active):
         # All B x K pairs are aligned without gradient to get the
@@ -280,18 +284,11 @@ class DTIGaussianMixture(BaseDTI):
         loss = partial + (exact - partial).detach()  # exact value, truncated gradient
         return loss, top.indices[:, 0]
 
-    @torch.no_grad()
     def _costs(self, network, x, means, deviations):
-        # ``-(log pi_k + _log_density)``, fused in place: the per-pixel terms in the
-        # network's precision, their sums over pixels in float64.  Float64
-        # terms gave the same costs to 3e-8 (relative) for 6 times the time
-        # on MNIST-sized chunks.
-        variances = deviations.pow(2).add_(self._variance_floor)
-        terms = (x.unsqueeze(1) - means).pow_(2).div_(variances).add_(variances.log_())
-        n_values = float(x[0].numel())
+        # Float64 sums of float32 terms: the costs of float64 terms to 3e-8
+        # (relative), about 7 times faster on MNIST-sized chunks.
         log_weights = torch.log_softmax(network.mixing_logits.double(), dim=0)
-        sums = terms.flatten(2).sum(2, dtype=torch.float64)
-        return 0.5 * (sums + n_values * _LOG_2PI) - log_weights
+        return -(log_weights + self._log_density(x, means, deviations, torch.float64))
 
     def _final_loss(self, costs: np.ndarray) -> float:
         return float(-logsumexp(-costs, axis=1).mean() / self.n_features_in_)
