@@ -27,7 +27,12 @@ from tqdm.auto import tqdm
 
 from dti_sklearn._inference import inference_chunks
 from dti_sklearn._schedule import active_at, decay_start, learning_rate_at, warmup_rate
-from dti_sklearn._split_merge import removal_costs, two_means_splits
+from dti_sklearn._split_merge import (
+    prototype_units,
+    removal_costs,
+    split_gains,
+    two_means_splits,
+)
 from dti_sklearn._torch.cuda_graphs import (
     GraphedSteps,
     graphable_optimizer_kwargs,
@@ -496,8 +501,11 @@ class TrainingLoop:
         gains more than the cheapest removal costs, that cluster is removed
         and the split one is copied into its slot (parameters and optimizer
         state), each copy's prototype shifted by the mean residual of its
-        half.  With ``force`` (see :meth:`_try_move`) the largest cluster is
-        split, on unscaled residuals, and the move is made whatever the
+        half.  With a solved colour the halves and the shifts are computed
+        on residuals in the prototypes' units
+        (:func:`~dti_sklearn._split_merge.prototype_units`), the gain in the
+        cost's.  With ``force`` (see :meth:`_try_move`) the largest cluster
+        is split, on unscaled residuals, and the move is made whatever the
         comparison.  Returns whether a move was made.
         """
         k, n = network.n_prototypes, data.shape[0]
@@ -507,18 +515,25 @@ class TrainingLoop:
         n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
-        costs, raw, spreads = [], [], []
+        costs, raw, spreads, units, rescaled = [], [], [], [], False
         for x, n_valid in inference_chunks(data[sample.to(data.device)], network):
-            means, deviations = network(x, active)
+            params = network.predict_parameters(x, active)
+            means, deviations = network.align(params, x.shape[0], active, images=x)
             chunk_costs = self._costs(network, x, means, deviations)[:n_valid]
             rows = torch.arange(n_valid, device=x.device)
             best = chunk_costs.argmin(1)
             costs.append(chunk_costs)
-            raw.append((x[:n_valid] - means[rows, best]).flatten(1))
+            residual = x[:n_valid] - means[rows, best]
+            scales = network.value_scales(
+                [p[:n_valid] for p in params], x[:n_valid], active, best
+            )
+            rescaled = rescaled or scales is not None
+            raw.append(residual.flatten(1))
+            units.append(prototype_units(residual, scales))
             if deviations is not None:
                 spreads.append(deviations[rows, best].flatten(1))
         network.train()
-        costs, raw = torch.cat(costs), torch.cat(raw)
+        costs, raw, units = torch.cat(costs), torch.cat(raw), torch.cat(units)
         labels = costs.argmin(1)
         removal = removal_costs(costs)
         # A tried move is judged by retraining, so it may split the largest
@@ -529,7 +544,14 @@ class TrainingLoop:
             residuals = raw
         else:
             residuals = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
-        gains, sides = two_means_splits(residuals.double(), labels, k)
+        if rescaled:
+            # With a solved colour, the halves are found in the prototypes'
+            # units (by shape, not by each sample's colours), and their gain
+            # is measured in the cost's.
+            _, sides = two_means_splits(units.double(), labels, k, seeding="principal")
+            gains = split_gains(residuals.double(), labels, sides, k)
+        else:
+            gains, sides = two_means_splits(residuals.double(), labels, k)
         if force:
             split = int(torch.bincount(labels, minlength=k).argmax())
         else:
@@ -541,7 +563,7 @@ class TrainingLoop:
         halves = []
         for side in (0, 1):
             chosen = (labels == split) & (sides == side)
-            halves.append(raw[chosen].mean(0).view(network.prototypes.shape[1:]))
+            halves.append(units[chosen].mean(0).view(network.prototypes.shape[1:]))
         target = torch.tensor([removed], device=network.prototypes.device)
         _copy_clusters(network, optimizer, target, split)
         network.prototypes[split] += halves[0].to(network.prototypes.dtype)

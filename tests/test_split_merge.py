@@ -13,7 +13,13 @@ from sklearn.datasets import load_digits
 from dti_sklearn import DTIGaussianMixture, DTIKMeans
 from dti_sklearn._images import validate_images
 from dti_sklearn._schedule import curriculum_starts, decay_start
-from dti_sklearn._split_merge import removal_costs, two_means_splits
+from dti_sklearn._split_merge import (
+    prototype_units,
+    removal_costs,
+    split_gains,
+    two_means_splits,
+)
+from dti_sklearn.transforms import Color
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,6 +73,24 @@ def test_two_means_gain_matches_scikit_learn():
     assert gains[2] == 0 and gains[3] == 0
 
 
+def test_principal_seeding_splits_two_blobs_despite_an_outlier():
+    rng = np.random.RandomState(0)
+    blob_a = rng.normal(0.0, 0.3, size=(50, 8))
+    blob_b = rng.normal(0.0, 0.3, size=(50, 8))
+    blob_b[:, 0] += 3.0  # the blobs differ along one axis
+    outlier = np.zeros((1, 8))
+    outlier[0, 1] = 8.0  # one member far away along another, less spread than the blobs
+    residuals = torch.from_numpy(np.concatenate([blob_a, blob_b, outlier]))
+    labels = torch.zeros(101, dtype=torch.long)
+    _, farthest = two_means_splits(residuals, labels, 1)
+    # Seeded at the outlier, Lloyd's iterations keep it as a half of its own.
+    assert farthest.sum() in (1, 100)
+    gains, principal = two_means_splits(residuals, labels, 1, seeding="principal")
+    assert len(set(principal[:50].tolist())) == 1 and len(set(principal[50:100].tolist())) == 1
+    assert principal[0] != principal[50]
+    assert gains[0] > 0
+
+
 def test_members_all_alike_cannot_be_split():
     # Regression: a cluster of identical residuals used to report its shift
     # gain with one empty half, whose mean is NaN.
@@ -75,6 +99,44 @@ def test_members_all_alike_cannot_be_split():
     gains, sides = two_means_splits(residuals, labels, 2)
     assert gains[0] == 0 and gains[1] > 0
     assert set(sides[6:].tolist()) == {0, 1}
+
+
+def test_split_gains_are_the_fall_of_the_squared_residuals():
+    generator = torch.Generator().manual_seed(0)
+    residuals = torch.randn(30, 6, generator=generator, dtype=torch.float64)
+    labels = torch.arange(30) % 3
+    sides = (torch.arange(30) // 3) % 2
+    sides[labels == 2] = 0  # cluster 2: one empty half
+    gains = split_gains(residuals, labels, sides, 3)
+    for cluster in (0, 1):
+        inside = residuals[labels == cluster]
+        halves = sides[labels == cluster]
+        after = sum(
+            (inside[halves == h] - inside[halves == h].mean(0)).pow(2).sum() for h in (0, 1)
+        )
+        assert gains[cluster].item() == pytest.approx((inside.pow(2).sum() - after).item())
+    assert gains[2] == 0
+
+
+def test_prototype_units_undo_each_samples_gain():
+    generator = torch.Generator().manual_seed(0)
+    shape = torch.randn(5, 3, 4, 4, generator=generator, dtype=torch.float64)
+    assert torch.equal(prototype_units(shape, None), shape.flatten(1))
+    # One channel: exactly the residual over the gain, whatever the gain's sign.
+    gains = torch.tensor([[0.5], [-1.5], [1.0], [0.7], [-0.8]], dtype=torch.float64)
+    grey = shape[:, :1]
+    units = prototype_units(grey * gains[:, :, None, None], gains)
+    torch.testing.assert_close(units, grey.flatten(1))
+    # A nearly flat sample (gain 1e-4) is not blown up to 10,000 times its residual.
+    gains[4] = 1e-4
+    units = prototype_units(grey, gains)
+    assert units[4].abs().max() < grey[4].abs().max()
+    # Several channels: a shape residual recoloured by any gains sums back to
+    # the same shape over the channels.
+    common = shape[:, :1].expand(5, 3, 4, 4)
+    colours = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+    units = prototype_units(common * colours[:, :, None, None], colours).view(5, 3, 4, 4)
+    torch.testing.assert_close(units.sum(1), shape[:, 0])
 
 
 # ---------------------------------------------------------------------- move
@@ -168,6 +230,63 @@ def test_a_forced_move_splits_the_largest_cluster_into_the_cheapest_to_remove(
     changed = [c for c in range(3) if not torch.equal(
         network.prototypes[c], model.network_.prototypes[c])]
     assert largest in changed and len(changed) == 2
+
+
+def _recoloured(X, seed):
+    """Each grey image drawn in its own colours, half of them faint, half contrasted."""
+    rng = np.random.RandomState(seed)
+    background = rng.rand(len(X), 1, 1, 3)
+    direction = rng.choice([-1.0, 1.0], size=(len(X), 1, 1, 3))
+    contrast = rng.choice([0.1, 1.0], size=(len(X), 1, 1, 1))
+    strength = contrast * direction * rng.uniform(0.5, 1.0, (len(X), 1, 1, 3))
+    return background + strength * X[..., None]
+
+
+def test_value_scales_are_those_of_each_samples_cluster(three_digits):
+    X, y = three_digits
+    coloured = _recoloured(X, 0)
+    init = np.stack([_recoloured(_mean(X, y, [d])[None], d)[0] for d in (0, 3, 4)])
+    model = DTIKMeans(3, transforms=["color", "aff"], init=init, max_iter=1,
+                      learning_rate=1e-9, random_state=0).fit(coloured)
+    network = model.network_
+    data = torch.from_numpy(validate_images(model, coloured, image_shape=None, reset=False))
+    x, clusters = data[:8], torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    with torch.no_grad():
+        params = network.predict_parameters(x, [0, 1])
+        gains = network.value_scales(params, x, [0, 1], clusters)
+        aligned, _ = network.align(params, 8, [1], clusters=clusters[:, None])
+        assert network.value_scales(params, x, [1], clusters) is None  # colour off
+    assert gains.shape == (8, 3)
+    torch.testing.assert_close(gains, Color().value_scale(aligned, x)[:, 0])
+
+
+def test_a_mixed_cluster_of_coloured_digits_is_split_by_digit(three_digits):
+    """With the colour solved, the halves are found by shape, not by colour.
+
+    Two digits share a cluster and every image has its own colours: the raw
+    residuals of that cluster differ more by colour than by digit.
+    """
+    X, y = three_digits
+    coloured = _recoloured(X, 0)
+    zero = _recoloured(_mean(X, y, [0])[None], 0)[0]
+    init = np.stack([zero, zero + 1e-3, _recoloured(_mean(X, y, [3, 4])[None], 1)[0]])
+    model = DTIKMeans(3, transforms=["color"], init=init, max_iter=1,
+                      learning_rate=1e-9, random_state=0).fit(coloured)
+    network = copy.deepcopy(model.network_).train()
+    optimizer = model._make_optimizer(network)
+    data = torch.from_numpy(validate_images(model, coloured, image_shape=None, reset=False))
+
+    moved = model._split_and_merge(
+        network, optimizer, data, [0], torch.Generator().manual_seed(0),
+    )
+
+    assert moved
+    labels = model._compute_costs(data, network).argmin(1)
+    for digit in (0, 3, 4):
+        counts = np.bincount(labels[y == digit], minlength=3)
+        assert counts.max() >= 0.9 * counts.sum(), (digit, counts)
+    assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
+    assert np.isfinite(network.prototypes.detach().numpy()).all()
 
 
 def test_no_move_when_switched_off(three_digits):

@@ -202,6 +202,17 @@ def test_closed_form_color_recovers_any_gain_and_offset(shape, seed):
     assert out.shape == aligned.shape
 
 
+def test_value_scale_is_the_gain_that_recoloured_the_prototype():
+    generator = torch.Generator().manual_seed(1)
+    aligned = torch.rand(4, 3, 2, 5, 5, generator=generator, dtype=torch.float64)
+    gains = torch.randn(4, 1, 2, generator=generator, dtype=torch.float64)
+    images = (aligned * gains[..., None, None] + 0.3)[:, 1]  # prototype 1, recoloured
+    solved = Color(closed_form=True).value_scale(aligned, images)
+    assert solved.shape == (4, 3, 2)
+    torch.testing.assert_close(solved[:, 1], gains[:, 0])
+    assert Affine().value_scale(aligned, images) is None  # it rescales no value
+
+
 def test_closed_form_color_is_the_least_squares_fit():
     generator = torch.Generator().manual_seed(0)
     aligned = torch.rand(3, 4, 2, 5, 6, generator=generator, dtype=torch.float64)

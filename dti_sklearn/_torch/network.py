@@ -254,6 +254,44 @@ class PrototypeNetwork(nn.Module):
             means, stds = transformation.solve_with_deviations(means, stds, images)
         return means, stds
 
+    def value_scales(
+        self, params: list[torch.Tensor], images: torch.Tensor, active: list[int] | None,
+        clusters: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """How much the solved transformations scale prototype ``clusters[b]`` to sample ``b``.
+
+        Parameters
+        ----------
+        params : list of torch.Tensor of shape (B, K, P_m)
+            From :meth:`predict_parameters` with the same ``active``.
+        images : torch.Tensor of shape (B, C, H, W)
+            The samples.
+        active : list of int or None
+            Indices of the transformations switched on (all by default).
+        clusters : torch.Tensor of shape (B,)
+            One prototype per sample.
+
+        Returns
+        -------
+        torch.Tensor of shape (B, C), or None
+            The product of the per-channel scales of the active solved
+            transformations (:meth:`Transformation.value_scale`); None when
+            none is active or one of them does not rescale values.
+        """
+        solved = self._solved(active)
+        if not solved:
+            return None
+        aligned, _ = self.align(params, images.shape[0], self._active(active),
+                                clusters=clusters.unsqueeze(1))
+        total = None
+        for transformation in solved:
+            gain = transformation.value_scale(aligned, images)
+            if gain is None:
+                return None
+            total = gain if total is None else total * gain
+            aligned = transformation.solve(aligned, images)
+        return total[:, 0]
+
     def _warp(
         self, means: torch.Tensor, stds: torch.Tensor | None,
         params: list[torch.Tensor], active: list[int], shared: bool = False,

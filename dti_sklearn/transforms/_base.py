@@ -184,6 +184,27 @@ class Transformation(BaseEstimator):
         """
         raise NotImplementedError
 
+    def value_scale(self, aligned: torch.Tensor, images: torch.Tensor) -> torch.Tensor | None:
+        """How much :meth:`solve` scales each channel of each aligned prototype to its sample.
+
+        The split-and-merge checks divide residuals by it, so that they
+        compare samples in the prototypes' units rather than in each
+        sample's own contrast and colours.  None here: the solved
+        parameters do not rescale values.
+
+        Parameters
+        ----------
+        aligned : torch.Tensor of shape (B, R, C, H, W)
+            Prototypes aligned to the samples by the predicted transformations.
+        images : torch.Tensor of shape (B, C, H, W)
+            The samples.
+
+        Returns
+        -------
+        torch.Tensor of shape (B, R, C), or None
+        """
+        return None
+
     def solve_with_deviations(
         self, aligned: torch.Tensor, deviations: torch.Tensor | None, images: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:

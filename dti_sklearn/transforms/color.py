@@ -143,6 +143,19 @@ class Color(Transformation):
             return solved, None
         return solved, deviations * gain.abs().unsqueeze(-1)  # (B, R, C, 1, 1)
 
+    def value_scale(self, aligned: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Per channel, the sample's contrast over the aligned prototype's, signed, (B, R, C).
+
+        The ratio of the standard deviations, with the sign of the
+        least-squares gain: the gain of :meth:`solve` when the prototype fits
+        the sample exactly, and, unlike that gain, not shrunk towards zero
+        when it fits badly.
+        """
+        x = images.unsqueeze(1).flatten(3)
+        p = aligned.flatten(3)
+        ratio = x.std(3) / p.std(3).clamp_min(_VARIANCE_EPS**0.5)
+        return torch.where(self._fit(aligned, images)[1].squeeze(-1) < 0, -ratio, ratio)
+
     @staticmethod
     def _fit(
         aligned: torch.Tensor, images: torch.Tensor,
