@@ -102,12 +102,19 @@ def split_gains(
     torch.Tensor of shape (k,)
         Zero for a cluster with an empty half.
     """
+    sums, counts = _half_sums(residuals, labels, sides, k)
+    per_half = sums.pow(2).sum(2) / counts.clamp_min(1).to(residuals.dtype)
+    return torch.where((counts > 0).all(1), per_half.sum(1), torch.zeros_like(per_half[:, 0]))
+
+
+def _half_sums(
+    residuals: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, 2, D) sums of the residuals in either half of every cluster, and (k, 2) counts."""
     slot = labels * 2 + sides
     sums = torch.zeros(2 * k, residuals.shape[1], dtype=residuals.dtype, device=residuals.device)
     sums.index_add_(0, slot, residuals)
-    counts = torch.bincount(slot, minlength=2 * k).view(k, 2)
-    per_half = sums.pow(2).sum(1).view(k, 2) / counts.clamp_min(1).to(residuals.dtype)
-    return torch.where((counts > 0).all(1), per_half.sum(1), torch.zeros_like(per_half[:, 0]))
+    return sums.view(k, 2, -1), torch.bincount(slot, minlength=2 * k).view(k, 2)
 
 
 def two_means_splits(
@@ -174,11 +181,8 @@ def two_means_splits(
         centres = torch.stack([first, farthest_from(first)], dim=1)  # (k, 2, D)
     for _ in range(TWO_MEANS_ITERATIONS):
         sides = _gain_per_side(residuals, centres, own).argmax(1)
-        slot = labels * 2 + sides
-        sums = torch.zeros(2 * k, residuals.shape[1], dtype=dtype, device=device)
-        sums.index_add_(0, slot, residuals)
-        counts = torch.bincount(slot, minlength=2 * k).to(dtype).unsqueeze(1)
-        updated = (sums / counts.clamp_min(1)).view(k, 2, -1)
+        sums, counts = _half_sums(residuals, labels, sides, k)
+        updated = sums / counts.clamp_min(1).to(dtype).unsqueeze(2)
         # A half left empty keeps its previous centre.
         centres = torch.where((counts == 0).view(k, 2, 1), centres, updated)
     per_sample, sides = _gain_per_side(residuals, centres, own).max(1)
@@ -200,13 +204,10 @@ def _principal_halves(
         along = (centred * direction[labels]).sum(1, keepdim=True)
         direction = torch.zeros_like(means).index_add_(0, labels, centred * along)
     sides = ((centred * direction[labels]).sum(1) > 0).long()
-    slot = labels * 2 + sides
-    sums = torch.zeros(2 * k, residuals.shape[1], dtype=residuals.dtype, device=residuals.device)
-    sums.index_add_(0, slot, residuals)
-    counts = torch.bincount(slot, minlength=2 * k).to(residuals.dtype).unsqueeze(1)
-    halves = (sums / counts.clamp_min(1)).view(k, 2, -1)
+    sums, counts = _half_sums(residuals, labels, sides, k)
+    halves = sums / counts.clamp_min(1).to(residuals.dtype).unsqueeze(2)
     # An empty side (a cluster of one member, or all alike) starts at the mean.
-    return torch.where((counts == 0).view(k, 2, 1), means.unsqueeze(1), halves)
+    return torch.where((counts == 0).unsqueeze(2), means.unsqueeze(1), halves)
 
 
 def _gain_per_side(

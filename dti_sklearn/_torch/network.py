@@ -284,12 +284,13 @@ class PrototypeNetwork(nn.Module):
         aligned, _ = self.align(params, images.shape[0], self._active(active),
                                 clusters=clusters.unsqueeze(1))
         total = None
-        for transformation in solved:
+        for position, transformation in enumerate(solved):
             gain = transformation.value_scale(aligned, images)
             if gain is None:
                 return None
             total = gain if total is None else total * gain
-            aligned = transformation.solve(aligned, images)
+            if position + 1 < len(solved):  # the next one scales what this one solved
+                aligned = transformation.solve(aligned, images)
         return total[:, 0]
 
     def _warp(

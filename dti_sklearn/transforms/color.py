@@ -154,7 +154,9 @@ class Color(Transformation):
         x = images.unsqueeze(1).flatten(3)
         p = aligned.flatten(3)
         ratio = x.std(3) / p.std(3).clamp_min(_VARIANCE_EPS**0.5)
-        return torch.where(self._fit(aligned, images)[1].squeeze(-1) < 0, -ratio, ratio)
+        # The gain's sign is the covariance's: no need to recolour the prototypes.
+        covariance = ((p - p.mean(3, keepdim=True)) * (x - x.mean(3, keepdim=True))).mean(3)
+        return torch.where(covariance < 0, -ratio, ratio)
 
     @staticmethod
     def _fit(
