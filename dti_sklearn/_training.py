@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from dti_sklearn._inference import inference_chunks
 from dti_sklearn._schedule import active_at, decay_start, learning_rate_at, warmup_rate
 from dti_sklearn._split_merge import (
+    half_shifts,
     prototype_units,
     removal_costs,
     split_gains,
@@ -501,10 +502,12 @@ class TrainingLoop:
         gains more than the cheapest removal costs, that cluster is removed
         and the split one is copied into its slot (parameters and optimizer
         state), each copy's prototype shifted by the mean residual of its
-        half.  With a solved colour the halves and the shifts are computed
-        on residuals in the prototypes' units
-        (:func:`~dti_sklearn._split_merge.prototype_units`), the gain in the
-        cost's.  With ``force`` (see :meth:`_try_move`) the largest cluster
+        half.  With a solved colour the halves are found on residuals in the
+        prototypes' units (:func:`~dti_sklearn._split_merge.prototype_units`),
+        and the gain (in the cost's units) and the shifts count each sample's
+        aligned prototype as moving by its value scale times the shift
+        (:func:`~dti_sklearn._split_merge.split_gains`).  With ``force`` (see
+        :meth:`_try_move`) the largest cluster
         is split, on unscaled residuals, and the move is made whatever the
         comparison.  Returns whether a move was made.
         """
@@ -515,7 +518,7 @@ class TrainingLoop:
         n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
-        costs, raw, spreads, units, rescaled = [], [], [], [], False
+        costs, raw, spreads, units, all_scales = [], [], [], [], []
         for x, n_valid in inference_chunks(data[sample.to(data.device)], network):
             params = network.predict_parameters(x, active)
             means, deviations = network.align(params, x.shape[0], active, images=x)
@@ -527,7 +530,8 @@ class TrainingLoop:
             scales = network.value_scales(
                 [p[:n_valid] for p in params], x[:n_valid], active, best
             )
-            rescaled = rescaled or scales is not None
+            if scales is not None:
+                all_scales.append(scales)
             raw.append(residual.flatten(1))
             units.append(prototype_units(residual, scales))
             if deviations is not None:
@@ -544,12 +548,15 @@ class TrainingLoop:
             residuals = raw
         else:
             residuals = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
-        if rescaled:
+        # Every chunk has scales or none does (the same active transformations).
+        scales = torch.cat(all_scales).double() if all_scales else None
+        if scales is not None:
             # With a solved colour, the halves are found in the prototypes'
             # units (by shape, not by each sample's colours), and their gain
-            # is measured in the cost's.
+            # is measured in the cost's, each sample's aligned prototype
+            # moving by its own scale times the shift.
             _, sides = two_means_splits(units.double(), labels, k, seeding="principal")
-            gains = split_gains(residuals.double(), labels, sides, k)
+            gains = split_gains(residuals.double(), labels, sides, k, scales)
         else:
             gains, sides = two_means_splits(residuals.double(), labels, k)
         if force:
@@ -560,14 +567,12 @@ class TrainingLoop:
         removed = int(removal.argmin())
         if not gains[split] > (0.0 if force else removal[removed]):
             return False
-        halves = []
-        for side in (0, 1):
-            chosen = (labels == split) & (sides == side)
-            halves.append(units[chosen].mean(0).view(network.prototypes.shape[1:]))
+        shifts = half_shifts(raw.double(), labels, sides, k, scales)[split]
+        shifts = shifts.view(2, *network.prototypes.shape[1:]).to(network.prototypes.dtype)
         target = torch.tensor([removed], device=network.prototypes.device)
         _copy_clusters(network, optimizer, target, split)
-        network.prototypes[split] += halves[0].to(network.prototypes.dtype)
-        network.prototypes[removed] += halves[1].to(network.prototypes.dtype)
+        network.prototypes[split] += shifts[0]
+        network.prototypes[removed] += shifts[1]
         self._after_reassignment(network, target, split)
         return True
 
