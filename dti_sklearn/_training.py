@@ -567,7 +567,13 @@ class TrainingLoop:
         removed = int(removal.argmin())
         if not gains[split] > (0.0 if force else removal[removed]):
             return False
-        shifts = half_shifts(raw.double(), labels, sides, k, scales)[split]
+        if scales is None:
+            # The halves' mean residuals, computed as before the scales: fits
+            # without a solved colour stay the same to the last bit.
+            members = labels == split
+            shifts = torch.stack([raw[members & (sides == side)].mean(0) for side in (0, 1)])
+        else:
+            shifts = half_shifts(raw.double(), labels, sides, k, scales)[split]
         shifts = shifts.view(2, *network.prototypes.shape[1:]).to(network.prototypes.dtype)
         target = torch.tensor([removed], device=network.prototypes.device)
         _copy_clusters(network, optimizer, target, split)
