@@ -19,8 +19,6 @@ import torch
 TWO_MEANS_ITERATIONS = 10
 #: Power iterations for the principal direction of every cluster (``seeding="principal"``).
 POWER_ITERATIONS = 20
-#: Sums of squared scales below this count as zero (an empty half, or flat samples).
-_TINY_POWER = 1e-12
 
 
 def removal_costs(costs: torch.Tensor) -> torch.Tensor:
@@ -81,19 +79,12 @@ def prototype_units(residuals: torch.Tensor, scales: torch.Tensor | None) -> tor
 
 def split_gains(
     residuals: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, k: int,
-    scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """How much the cost falls if every cluster is split in two along ``sides``.
 
-    Each half's prototype is shifted by ``delta_h`` (:func:`half_shifts`),
-    which moves sample ``i``'s aligned prototype by ``s_i delta_h``.  The
-    least-squares shift lowers the sum of squared residual norms by
-    ``sum_h ||sum_i s_i r_i||^2 / sum_i s_i^2`` (per channel, over the
-    half's members ``i``); without scales, ``sum_h n_h ||m_h||^2`` with
-    ``m_h`` the half's mean residual.  With the colour solved per sample
-    the scales carry each sample's contrast and polarity: on digits drawn
-    in random colours half of them are negative, and the unscaled mean
-    residual of a half cancels out (docs/benchmarks.md).
+    Replacing a cluster's prototype by one per half, each shifted by its
+    half's mean residual ``m_h``, lowers the sum of squared residual norms
+    by ``sum_h n_h ||m_h||^2``.
 
     Parameters
     ----------
@@ -105,58 +96,15 @@ def split_gains(
         0 or 1: the half of its cluster every sample falls in.
     k : int
         Number of clusters.
-    scales : torch.Tensor of shape (n, C) or None, default=None
-        How much a change of the prototype changes each sample's aligned
-        prototype, per channel (``D`` is ``C`` channels of equal size);
-        None for 1.
 
     Returns
     -------
     torch.Tensor of shape (k,)
         Zero for a cluster with an empty half.
     """
-    sums, power, counts = _weighted_half_sums(residuals, labels, sides, k, scales)
-    per_half = (sums.pow(2).sum(3) / power.clamp_min(_TINY_POWER)).sum(2)
+    sums, counts = _half_sums(residuals, labels, sides, k)
+    per_half = sums.pow(2).sum(2) / counts.clamp_min(1).to(residuals.dtype)
     return torch.where((counts > 0).all(1), per_half.sum(1), torch.zeros_like(per_half[:, 0]))
-
-
-def half_shifts(
-    residuals: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, k: int,
-    scales: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The least-squares shift of every half's prototype (see :func:`split_gains`).
-
-    Parameters
-    ----------
-    residuals, labels, sides, k, scales
-        As for :func:`split_gains`, with ``residuals`` in the prototypes'
-        values.
-
-    Returns
-    -------
-    torch.Tensor of shape (k, 2, D)
-        ``sum_i s_i r_i / sum_i s_i^2`` per channel over each half's
-        members: their mean residual without scales, zero for an empty half.
-    """
-    sums, power, _ = _weighted_half_sums(residuals, labels, sides, k, scales)
-    return (sums / power.clamp_min(_TINY_POWER).unsqueeze(3)).flatten(2)
-
-
-def _weighted_half_sums(
-    residuals: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, k: int,
-    scales: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(k, 2, C, D / C) sums of ``s r``, (k, 2, C) sums of ``s^2``, (k, 2) counts."""
-    n = residuals.shape[0]
-    if scales is None:
-        scales = residuals.new_ones((n, 1))
-    scales = scales.to(residuals.dtype)
-    channels = scales.shape[1]
-    weighted = (residuals.view(n, channels, -1) * scales.unsqueeze(2)).flatten(1)
-    sums, counts = _half_sums(weighted, labels, sides, k)
-    power = torch.zeros(2 * k, channels, dtype=residuals.dtype, device=residuals.device)
-    power.index_add_(0, labels * 2 + sides, scales.pow(2))
-    return sums.view(k, 2, channels, -1), power.view(k, 2, channels), counts
 
 
 def _half_sums(

@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from dti_sklearn._inference import inference_chunks
 from dti_sklearn._schedule import active_at, decay_start, learning_rate_at, warmup_rate
 from dti_sklearn._split_merge import (
-    half_shifts,
     prototype_units,
     removal_costs,
     split_gains,
@@ -502,12 +501,10 @@ class TrainingLoop:
         gains more than the cheapest removal costs, that cluster is removed
         and the split one is copied into its slot (parameters and optimizer
         state), each copy's prototype shifted by the mean residual of its
-        half.  With a solved colour the halves are found on residuals in the
-        prototypes' units (:func:`~dti_sklearn._split_merge.prototype_units`),
-        and the gain (in the cost's units) and the shifts count each sample's
-        aligned prototype as moving by its value scale times the shift
-        (:func:`~dti_sklearn._split_merge.split_gains`).  With ``force`` (see
-        :meth:`_try_move`) the largest cluster
+        half.  With a solved colour the halves and the shifts are computed
+        on residuals in the prototypes' units
+        (:func:`~dti_sklearn._split_merge.prototype_units`), the gain in the
+        cost's.  With ``force`` (see :meth:`_try_move`) the largest cluster
         is split, on unscaled residuals, and the move is made whatever the
         comparison.  Returns whether a move was made.
         """
@@ -518,7 +515,7 @@ class TrainingLoop:
         n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
-        costs, raw, spreads, units, all_scales = [], [], [], [], []
+        costs, raw, spreads, units, rescaled = [], [], [], [], False
         for x, n_valid in inference_chunks(data[sample.to(data.device)], network):
             params = network.predict_parameters(x, active)
             means, deviations = network.align(params, x.shape[0], active, images=x)
@@ -530,8 +527,7 @@ class TrainingLoop:
             scales = network.value_scales(
                 [p[:n_valid] for p in params], x[:n_valid], active, best
             )
-            if scales is not None:
-                all_scales.append(scales)
+            rescaled = rescaled or scales is not None
             raw.append(residual.flatten(1))
             units.append(prototype_units(residual, scales))
             if deviations is not None:
@@ -548,15 +544,12 @@ class TrainingLoop:
             residuals = raw
         else:
             residuals = self._split_residuals(raw, torch.cat(spreads) if spreads else None)
-        # Every chunk has scales or none does (the same active transformations).
-        scales = torch.cat(all_scales).double() if all_scales else None
-        if scales is not None:
+        if rescaled:
             # With a solved colour, the halves are found in the prototypes'
             # units (by shape, not by each sample's colours), and their gain
-            # is measured in the cost's, each sample's aligned prototype
-            # moving by its own scale times the shift.
+            # is measured in the cost's.
             _, sides = two_means_splits(units.double(), labels, k, seeding="principal")
-            gains = split_gains(residuals.double(), labels, sides, k, scales)
+            gains = split_gains(residuals.double(), labels, sides, k)
         else:
             gains, sides = two_means_splits(residuals.double(), labels, k)
         if force:
@@ -567,18 +560,14 @@ class TrainingLoop:
         removed = int(removal.argmin())
         if not gains[split] > (0.0 if force else removal[removed]):
             return False
-        if scales is None:
-            # The halves' mean residuals, computed as before the scales: fits
-            # without a solved colour stay the same to the last bit.
-            members = labels == split
-            shifts = torch.stack([raw[members & (sides == side)].mean(0) for side in (0, 1)])
-        else:
-            shifts = half_shifts(raw.double(), labels, sides, k, scales)[split]
-        shifts = shifts.view(2, *network.prototypes.shape[1:]).to(network.prototypes.dtype)
+        halves = []
+        for side in (0, 1):
+            chosen = (labels == split) & (sides == side)
+            halves.append(units[chosen].mean(0).view(network.prototypes.shape[1:]))
         target = torch.tensor([removed], device=network.prototypes.device)
         _copy_clusters(network, optimizer, target, split)
-        network.prototypes[split] += shifts[0]
-        network.prototypes[removed] += shifts[1]
+        network.prototypes[split] += halves[0].to(network.prototypes.dtype)
+        network.prototypes[removed] += halves[1].to(network.prototypes.dtype)
         self._after_reassignment(network, target, split)
         return True
 

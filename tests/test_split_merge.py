@@ -14,7 +14,6 @@ from dti_sklearn import DTIGaussianMixture, DTIKMeans
 from dti_sklearn._images import validate_images
 from dti_sklearn._schedule import curriculum_starts, decay_start
 from dti_sklearn._split_merge import (
-    half_shifts,
     prototype_units,
     removal_costs,
     split_gains,
@@ -117,58 +116,6 @@ def test_split_gains_are_the_fall_of_the_squared_residuals():
         )
         assert gains[cluster].item() == pytest.approx((inside.pow(2).sum() - after).item())
     assert gains[2] == 0
-
-
-def test_scaled_split_gains_are_the_fall_with_the_least_squares_shifts():
-    # Sample i's aligned prototype moves by s_i * delta (per channel): the
-    # shifts of half_shifts are the best ones, and the gain is their fall.
-    generator = torch.Generator().manual_seed(1)
-    residuals = torch.randn(40, 3 * 5, generator=generator, dtype=torch.float64)
-    scales = torch.randn(40, 3, generator=generator, dtype=torch.float64)
-    labels = torch.arange(40) % 2
-    sides = (torch.arange(40) // 2) % 2
-    gains = split_gains(residuals, labels, sides, 2, scales)
-    shifts = half_shifts(residuals, labels, sides, 2, scales)
-
-    def fall(cluster, deltas):
-        total = 0.0
-        for h in (0, 1):
-            chosen = (labels == cluster) & (sides == h)
-            r = residuals[chosen].view(-1, 3, 5)
-            moved = r - scales[chosen].unsqueeze(2) * deltas[h].view(1, 3, 5)
-            total += (r.pow(2).sum() - moved.pow(2).sum()).item()
-        return total
-
-    for cluster in (0, 1):
-        best = fall(cluster, shifts[cluster])
-        assert gains[cluster].item() == pytest.approx(best)
-        nudged = shifts[cluster] + 0.01 * torch.randn(2, 15, generator=generator)
-        assert fall(cluster, nudged) < best
-    # Without scales: the mean residual of each half, the gains of before.
-    plain = half_shifts(residuals, labels, sides, 2)
-    torch.testing.assert_close(plain[0, 1], residuals[(labels == 0) & (sides == 1)].mean(0))
-    torch.testing.assert_close(
-        split_gains(residuals, labels, sides, 2, torch.ones(40, 1, dtype=torch.float64)),
-        split_gains(residuals, labels, sides, 2),
-    )
-
-
-def test_scaled_split_gains_see_a_split_of_samples_of_either_polarity():
-    # Two shapes, each drawn by half of its samples in reversed contrast (a
-    # negative scale): the plain mean residual of either half cancels out,
-    # the scaled gain does not.
-    generator = torch.Generator().manual_seed(2)
-    shapes = torch.randn(2, 16, generator=generator, dtype=torch.float64)
-    half = torch.arange(200) % 2
-    scales = torch.rand(200, 1, generator=generator, dtype=torch.float64) + 0.5
-    scales[torch.arange(200) % 4 >= 2] *= -1
-    residuals = scales * shapes[half]
-    labels = torch.zeros(200, dtype=torch.long)
-    plain = split_gains(residuals, labels, half, 1)
-    scaled = split_gains(residuals, labels, half, 1, scales)
-    total = residuals.pow(2).sum()
-    torch.testing.assert_close(scaled[0], total)  # the shapes explain every residual
-    assert plain[0] < 0.1 * total
 
 
 def test_prototype_units_undo_each_samples_gain():
