@@ -527,13 +527,15 @@ class TrainingLoop:
             scales = network.value_scales(
                 [p[:n_valid] for p in params], x[:n_valid], active, best
             )
-            rescaled = rescaled or scales is not None
             raw.append(residual.flatten(1))
-            units.append(prototype_units(residual, scales))
+            if scales is not None:  # the same active transformations in every chunk
+                rescaled = True
+                units.append(prototype_units(residual, scales))
             if deviations is not None:
                 spreads.append(deviations[rows, best].flatten(1))
         network.train()
-        costs, raw, units = torch.cat(costs), torch.cat(raw), torch.cat(units)
+        costs, raw = torch.cat(costs), torch.cat(raw)
+        units = torch.cat(units) if rescaled else raw  # without scales, the residuals themselves
         labels = costs.argmin(1)
         removal = removal_costs(costs)
         # A tried move is judged by retraining, so it may split the largest
