@@ -77,6 +77,37 @@ def prototype_units(residuals: torch.Tensor, scales: torch.Tensor | None) -> tor
     return (residuals * weights[:, :, None, None]).flatten(1)
 
 
+def by_polarity(residuals: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """Residuals with every channel turned by the sign of its value scale.
+
+    With the colour solved per sample, a residual is about its sample's
+    scale ``s_c`` times a residual in the prototype's units, and that scale
+    is negative where the sample's polarity is the prototype's reversed (a
+    dark digit on a light background against a light one on dark).  On
+    digits in random colours this is half of every cluster, so the plain sum
+    of a half's residuals, which :func:`split_gains` measures, cancels out.
+    Turning each channel by ``sign(s_c)`` makes the members of a half add
+    up, and leaves the residuals unchanged (bit for bit) when no scale is
+    negative, as on grey images.
+
+    Parameters
+    ----------
+    residuals : torch.Tensor of shape (n, C * H * W)
+        Every sample minus its cluster's aligned prototype, flattened
+        channel by channel.
+    scales : torch.Tensor of shape (n, C)
+        The samples' value scales (:func:`prototype_units`); zero counts as
+        positive.
+
+    Returns
+    -------
+    torch.Tensor of shape (n, C * H * W)
+    """
+    n, channels = scales.shape
+    signs = torch.where(scales < 0, -1.0, 1.0).to(residuals.dtype)
+    return (residuals.view(n, channels, -1) * signs.unsqueeze(2)).view(n, -1)
+
+
 def split_gains(
     residuals: torch.Tensor, labels: torch.Tensor, sides: torch.Tensor, k: int,
 ) -> torch.Tensor:

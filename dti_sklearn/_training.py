@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from dti_sklearn._inference import inference_chunks
 from dti_sklearn._schedule import active_at, decay_start, learning_rate_at, warmup_rate
 from dti_sklearn._split_merge import (
+    by_polarity,
     prototype_units,
     removal_costs,
     split_gains,
@@ -504,9 +505,11 @@ class TrainingLoop:
         half.  With a solved colour the halves and the shifts are computed
         on residuals in the prototypes' units
         (:func:`~dti_sklearn._split_merge.prototype_units`), the gain in the
-        cost's.  With ``force`` (see :meth:`_try_move`) the largest cluster
-        is split, on unscaled residuals, and the move is made whatever the
-        comparison.  Returns whether a move was made.
+        cost's with each channel turned by the sign of its scale
+        (:func:`~dti_sklearn._split_merge.by_polarity`).  With ``force``
+        (see :meth:`_try_move`) the largest cluster is split, on unscaled
+        residuals, and the move is made whatever the comparison.  Returns
+        whether a move was made.
         """
         k, n = network.n_prototypes, data.shape[0]
         if k < 2 or self.split_merge_samples < 2:
@@ -515,7 +518,7 @@ class TrainingLoop:
         n_sample = min(self.split_merge_samples, max(_SPLIT_MERGE_VALUES // values, 256))
         sample = torch.randperm(n, generator=generator)[:n_sample]
         network.eval()
-        costs, raw, spreads, units, rescaled = [], [], [], [], False
+        costs, raw, spreads, units, all_scales = [], [], [], [], []
         for x, n_valid in inference_chunks(data[sample.to(data.device)], network):
             params = network.predict_parameters(x, active)
             means, deviations = network.align(params, x.shape[0], active, images=x)
@@ -529,12 +532,13 @@ class TrainingLoop:
             )
             raw.append(residual.flatten(1))
             if scales is not None:  # the same active transformations in every chunk
-                rescaled = True
+                all_scales.append(scales)
                 units.append(prototype_units(residual, scales))
             if deviations is not None:
                 spreads.append(deviations[rows, best].flatten(1))
         network.train()
         costs, raw = torch.cat(costs), torch.cat(raw)
+        rescaled = bool(all_scales)
         units = torch.cat(units) if rescaled else raw  # without scales, the residuals themselves
         labels = costs.argmin(1)
         removal = removal_costs(costs)
@@ -549,9 +553,11 @@ class TrainingLoop:
         if rescaled:
             # With a solved colour, the halves are found in the prototypes'
             # units (by shape, not by each sample's colours), and their gain
-            # is measured in the cost's.
+            # is measured in the cost's, each channel turned by the sign of
+            # its scale so that samples of either polarity add up.
             _, sides = two_means_splits(units.double(), labels, k, seeding="principal")
-            gains = split_gains(residuals.double(), labels, sides, k)
+            signed = by_polarity(residuals, torch.cat(all_scales))
+            gains = split_gains(signed.double(), labels, sides, k)
         else:
             gains, sides = two_means_splits(residuals.double(), labels, k)
         if force:

@@ -14,6 +14,7 @@ from dti_sklearn import DTIGaussianMixture, DTIKMeans
 from dti_sklearn._images import validate_images
 from dti_sklearn._schedule import curriculum_starts, decay_start
 from dti_sklearn._split_merge import (
+    by_polarity,
     prototype_units,
     removal_costs,
     split_gains,
@@ -116,6 +117,28 @@ def test_split_gains_are_the_fall_of_the_squared_residuals():
         )
         assert gains[cluster].item() == pytest.approx((inside.pow(2).sum() - after).item())
     assert gains[2] == 0
+
+
+def test_by_polarity_makes_samples_of_either_polarity_add_up():
+    generator = torch.Generator().manual_seed(0)
+    # Two kinds of shape residual in one cluster, each drawn in both
+    # polarities per channel: the plain gain of the right split cancels out.
+    kinds = torch.randn(2, 3, 16, generator=generator, dtype=torch.float64)
+    sides = torch.arange(40) % 2
+    scales = torch.rand(40, 3, generator=generator, dtype=torch.float64) + 0.5
+    scales[torch.arange(40) % 4 >= 2] *= -1
+    residuals = (kinds[sides] * scales.unsqueeze(2)).flatten(1)
+    labels = torch.zeros(40, dtype=torch.long)
+    plain = split_gains(residuals, labels, sides, 1)
+    signed = by_polarity(residuals, scales)
+    turned = split_gains(signed, labels, sides, 1)
+    assert turned.item() > 100 * plain.item()
+    # Each channel is turned by its own sign, and only that.
+    expected = (kinds[sides] * scales.abs().unsqueeze(2)).flatten(1)
+    torch.testing.assert_close(signed, expected)
+    # No negative scale (grey images): the residuals come back bit for bit.
+    positive = by_polarity(residuals.float(), scales.abs())
+    assert torch.equal(positive, residuals.float())
 
 
 def test_prototype_units_undo_each_samples_gain():
