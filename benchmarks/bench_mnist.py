@@ -17,6 +17,11 @@ Quick check of the plumbing (300 images, one seed, 2 epochs)::
 
     python benchmarks/bench_mnist.py --smoke --models kmeans gmm
 
+One table of runs made by several commands on one machine (seeds run apart,
+say), from their ``--json`` files::
+
+    python benchmarks/bench_mnist.py --combine seeds01.json seeds234.json
+
 The benchmark imports ``dti_sklearn`` from this repository (it is put first
 on the module search path of every run). The data are the MNIST idx files
 (``t10k-images-idx3-ubyte.gz`` and
@@ -138,8 +143,69 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="quick plumbing check: 300 images, seed 0, max_iter=2",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="run nothing: print one table of the runs in these --json files (seeds run "
+        "as separate commands, say); they must come from one machine",
+    )
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def combine(paths: Sequence[str]) -> dict:
+    """Join the results of several runs of this script into one.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Files written by ``--json``.
+
+    Returns
+    -------
+    results : dict
+        ``environment`` (the first file's), ``config`` (``{"combined": paths}``),
+        every file's ``records`` in order, and their ``summary``.
+
+    Raises
+    ------
+    ValueError
+        If the files come from different processors or torch builds, whose
+        times would not be comparable, or if a (dataset, model, seed) run
+        appears twice.
+    """
+    results = [json.loads(Path(path).read_text()) for path in paths]
+    keys = ("cpu", "cpu_count", "torch", "torch_cpu_capability", "cuda")
+    machines = {tuple(r["environment"].get(k) for k in keys) for r in results}
+    if len(machines) > 1:
+        raise ValueError(
+            f"--combine needs results from one machine and torch build; got {sorted(machines)}"
+        )
+    records = [record for r in results for record in r["records"]]
+    runs = [(r["dataset"], r["model"], r["seed"]) for r in records]
+    twice = sorted({run for run in runs if runs.count(run) > 1})
+    if twice:
+        raise ValueError(f"--combine got these (dataset, model, seed) runs twice: {twice}")
+    return {
+        "config": {"combined": [str(path) for path in paths]},
+        "environment": results[0]["environment"],
+        "records": records,
+        "summary": summarize(records),
+    }
+
+
+def _print_tables(results: dict) -> None:
+    """Print the machine line and one table per data set of ``results``."""
+    environment = results["environment"]
+    print(
+        f"machine: {environment['cpu']}, {environment['cpu_count']} CPUs, torch "
+        f"{environment['torch']} ({environment.get('torch_cpu_capability')})"
+    )
+    for dataset in dict.fromkeys(row["dataset"] for row in results["summary"]):
+        print(format_table(results["summary"], dataset))
+        print()
 
 
 def load_dataset(
@@ -647,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results : dict
         ``config``, ``environment``, ``records`` (one per run) and ``summary``
         (see :func:`summarize`); also written to ``--json`` when given. In
-        ``--single`` mode, the one run's record (also printed on stdout).
+        ``--single`` mode, the one run's record (also printed on stdout); with
+        ``--combine``, the joined files (see :func:`combine`).
     """
     _use_repository_copy()
     args = build_parser().parse_args(argv)
@@ -655,6 +722,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         record = run_single(json.loads(args.single))
         print(RESULT_MARKER + json.dumps(record), flush=True)
         return record
+    if args.combine is not None:
+        results = combine(args.combine)
+        _print_tables(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return results
 
     if args.smoke:
         args.n_samples, args.seeds, args.max_iter = (
@@ -698,21 +771,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for seed in args.seeds
     ]
     records = run_all(specs, jobs=args.jobs, timeout=args.timeout)
-    summary = summarize(records)
-    environment = _environment()
-    print(
-        f"machine: {environment['cpu']}, {environment['cpu_count']} CPUs, torch "
-        f"{environment['torch']} ({environment.get('torch_cpu_capability')})"
-    )
-    for dataset in args.datasets:
-        print(format_table(summary, dataset))
-        print()
     results = {
         "config": config,
-        "environment": environment,
+        "environment": _environment(),
         "records": records,
-        "summary": summary,
+        "summary": summarize(records),
     }
+    _print_tables(results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

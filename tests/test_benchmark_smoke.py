@@ -159,6 +159,51 @@ def test_summary_min_loss_and_failures(bench):
     assert "80.0±10.0" in table and "2+1F" in table
 
 
+def _results_file(path, records, cpu="AMD EPYC (family 25, model 1)"):
+    environment = {"cpu": cpu, "cpu_count": 2, "torch": "2.13.0+cpu",
+                   "torch_cpu_capability": "AVX2", "cuda": None}
+    path.write_text(json.dumps({"config": {}, "environment": environment,
+                                "records": records, "summary": []}))
+    return str(path)
+
+
+def test_combine_makes_one_table_of_several_commands(bench, tmp_path, capsys):
+    base = {"dataset": "mnist", "model": "dtikmeans", "nmi": 0.9, "fit_time_s": 400.0,
+            "images_per_s": 1400.0, "predict_time_s": 2.0, "peak_rss_mb": 800.0}
+    first = _results_file(tmp_path / "a.json", [
+        {**base, "seed": 0, "acc": 0.97, "final_loss": 0.011},
+        {**base, "seed": 1, "acc": 0.96, "final_loss": 0.012},
+    ])
+    second = _results_file(tmp_path / "b.json", [
+        {**base, "seed": 2, "acc": 0.98, "final_loss": 0.010},
+        {**base, "model": "kmeans", "seed": 2, "acc": 0.55, "final_loss": 5.0},
+    ])
+    out = tmp_path / "all.json"
+    results = bench.main(["--combine", first, second, "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert [r["seed"] for r in results["records"]] == [0, 1, 2, 2]
+    dti, kmeans = results["summary"]
+    assert dti["n_runs"] == 3 and kmeans["n_runs"] == 1
+    assert dti["acc_mean"] == pytest.approx(0.97)
+    assert dti["minloss_seed"] == 2 and dti["minloss_acc"] == 0.98
+    printed = capsys.readouterr().out
+    assert "machine: AMD EPYC (family 25, model 1), 2 CPUs" in printed
+    assert "== mnist ==" in printed and "97.0±0.8" in printed
+
+
+def test_combine_refuses_two_machines_and_repeated_runs(bench, tmp_path):
+    record = {"dataset": "mnist", "model": "kmeans", "seed": 0, "acc": 0.5, "nmi": 0.5,
+              "final_loss": 1.0, "fit_time_s": 1.0, "images_per_s": None,
+              "predict_time_s": 0.1, "peak_rss_mb": 100.0}
+    here = _results_file(tmp_path / "a.json", [record])
+    there = _results_file(tmp_path / "b.json", [{**record, "seed": 1}], cpu="Intel Xeon")
+    with pytest.raises(ValueError, match="one machine"):
+        bench.combine([here, there])
+    again = _results_file(tmp_path / "c.json", [record])
+    with pytest.raises(ValueError, match=r"twice: \[\('mnist', 'kmeans', 0\)\]"):
+        bench.combine([here, again])
+
+
 def test_standardised_model_is_a_pipeline_with_the_grey_defaults(bench):
     from dti_sklearn import DTIGaussianMixture, DTIKMeans
 
