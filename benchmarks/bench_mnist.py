@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -178,14 +179,14 @@ def combine(paths: Sequence[str]) -> dict:
     """
     results = [json.loads(Path(path).read_text()) for path in paths]
     keys = ("cpu", "cpu_count", "torch", "torch_cpu_capability", "cuda")
-    machines = {tuple(r["environment"].get(k) for k in keys) for r in results}
+    machines = list(dict.fromkeys(tuple(r["environment"].get(k) for k in keys) for r in results))
     if len(machines) > 1:
         raise ValueError(
-            f"--combine needs results from one machine and torch build; got {sorted(machines)}"
+            f"--combine needs results from one machine and torch build; got {machines}"
         )
     records = [record for r in results for record in r["records"]]
-    runs = [(r["dataset"], r["model"], r["seed"]) for r in records]
-    twice = sorted({run for run in runs if runs.count(run) > 1})
+    runs = Counter((r["dataset"], r["model"], r["seed"]) for r in records)
+    twice = [run for run, count in runs.items() if count > 1]
     if twice:
         raise ValueError(f"--combine got these (dataset, model, seed) runs twice: {twice}")
     return {

@@ -199,6 +199,14 @@ def test_combine_refuses_two_machines_and_repeated_runs(bench, tmp_path):
     there = _results_file(tmp_path / "b.json", [{**record, "seed": 1}], cpu="Intel Xeon")
     with pytest.raises(ValueError, match="one machine"):
         bench.combine([here, there])
+    # Only the GPU differs (None against a name): still the clear refusal.
+    gpu = tmp_path / "gpu.json"
+    gpu_results = json.loads(Path(here).read_text())
+    gpu_results["environment"]["cuda"] = "NVIDIA H200"
+    gpu_results["records"] = [{**record, "seed": 2}]
+    gpu.write_text(json.dumps(gpu_results))
+    with pytest.raises(ValueError, match="one machine"):
+        bench.combine([here, str(gpu)])
     again = _results_file(tmp_path / "c.json", [record])
     with pytest.raises(ValueError, match=r"twice: \[\('mnist', 'kmeans', 0\)\]"):
         bench.combine([here, again])
