@@ -54,7 +54,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 #: (bilinear, antialiased): the defaults are derived from the image size, and
 #: these check that rule at both ends of the sizes it is meant for.
 RESIZED = {"mnist-16": 16, "mnist-64": 64}
-DATASETS = ("mnist", "mnist-color", *RESIZED)
+#: "shapes" is no digit set: ``make_shapes`` draws ten plane shapes in random
+#: poses and colours on 32 x 32 RGB images with noise (seed 0), a check of the
+#: defaults on images that they were not tuned on.
+SHAPES = {"image_size": 32, "color": True, "noise": 0.05, "random_state": 0}
+DATASETS = ("mnist", "mnist-color", *RESIZED, "shapes")
+#: Data sets whose DTI models get the colour transformation in front.
+COLOR_DATASETS = ("mnist-color", "shapes")
 #: "dtikmeans-std" is ``ImageStandardizer`` then DTIKMeans with the defaults it
 #: has on grey images: the colours are removed before the fit.
 DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std")
@@ -212,15 +218,18 @@ def _print_tables(results: dict) -> None:
 def load_dataset(
     name: str, data: str | None, n_samples: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load the first ``n_samples`` MNIST test images as float32 images in [0, 1].
+    """Load the first ``n_samples`` images of a data set as float32 images in [0, 1].
 
     Parameters
     ----------
-    name : {"mnist", "mnist-color", "mnist-16", "mnist-64"}
-        Grey-level digits (n, 28, 28), coloured digits (n, 28, 28, 3), or
-        grey-level digits resized to (n, 16, 16) or (n, 64, 64).
+    name : {"mnist", "mnist-color", "mnist-16", "mnist-64", "shapes"}
+        MNIST test images: grey-level digits (n, 28, 28), coloured digits
+        (n, 28, 28, 3), or grey-level digits resized to (n, 16, 16) or
+        (n, 64, 64); or ``make_shapes`` images (n, 32, 32, 3), see
+        :data:`SHAPES`.
     data : str or None
-        Folder of the idx files; None uses :func:`dti_sklearn.datasets.load_mnist`'s default.
+        Folder of the idx files; None uses :func:`dti_sklearn.datasets.load_mnist`'s
+        default.  Not read for "shapes".
     n_samples : int
         Number of images, taken from the start of the test set.
 
@@ -229,10 +238,12 @@ def load_dataset(
     X : ndarray of float32
         The images.
     y : ndarray of int64
-        The digit labels.
+        The digit (or shape) labels.
     """
-    from dti_sklearn.datasets import load_mnist, make_mnist_color
+    from dti_sklearn.datasets import load_mnist, make_mnist_color, make_shapes
 
+    if name == "shapes":
+        return make_shapes(n_samples, **SHAPES)
     images, labels = load_mnist(data, subset="test")
     images, labels = images[:n_samples], labels[:n_samples]
     if name == "mnist":
@@ -308,10 +319,10 @@ def make_model(
     ----------
     model : {"dtikmeans", "dtigmm", "dtikmeans-std", "kmeans", "gmm"}
         Which estimator.
-    dataset : {"mnist", "mnist-color", "mnist-16", "mnist-64"}
-        For "mnist-color" the DTI models get the colour transformation in
-        front of their default transformations; the other data sets keep
-        every default.
+    dataset : {"mnist", "mnist-color", "mnist-16", "mnist-64", "shapes"}
+        For the colour data sets (:data:`COLOR_DATASETS`) the DTI models get
+        the colour transformation in front of their default transformations;
+        the other data sets keep every default.
     seed : int
         ``random_state`` of the estimator.
     max_iter : int or None, default=None
@@ -356,7 +367,7 @@ def make_model(
         params["max_iter"] = max_iter
     if device is not None:
         params["device"] = device
-    if dataset == "mnist-color":
+    if dataset in COLOR_DATASETS:
         params["transforms"] = _with_color(cls().get_params()["transforms"])
     params.update(dti_params or {})
     return cls(**size, **params)

@@ -336,3 +336,12 @@ def test_parallel_runs_share_the_cpus(bench, monkeypatch):
     assert bench.threads_per_run(None, 32) == 1
     assert bench.threads_per_run(3, 4) == 3  # --threads wins
     assert bench.threads_per_run(None, 1) is None  # one run: the library decides
+
+
+def test_shapes_need_no_mnist_and_get_the_colour_transformation(bench, tmp_path):
+    """The shapes are generated (any --data is ignored) and treated as colour images."""
+    X, y = bench.load_dataset("shapes", str(tmp_path / "no-mnist-here"), 30)
+    assert X.shape == (30, 32, 32, 3) and X.dtype == np.float32
+    assert 0.0 <= X.min() and X.max() <= 1.0 and sorted(set(y.tolist())) == list(range(10))
+    mixture = bench.make_model("dtigmm", "shapes", seed=0)
+    assert bench._is_color(mixture.transforms[0])

@@ -11,10 +11,12 @@ import pytest
 
 from dti_sklearn import datasets
 from dti_sklearn.datasets import (
+    SHAPE_NAMES,
     load_digits_images,
     load_idx,
     load_mnist,
     make_mnist_color,
+    make_shapes,
 )
 
 MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
@@ -215,3 +217,68 @@ def test_docstring_examples_run():
     result = doctest.testmod(datasets, verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_make_shapes_shape_range_balance_and_seed():
+    x, y = make_shapes(103, image_size=20, random_state=3)
+    assert x.shape == (103, 20, 20, 3) and x.dtype == np.float32
+    assert y.shape == (103,) and y.dtype == np.int64
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    counts = np.bincount(y, minlength=len(SHAPE_NAMES))
+    assert counts.max() - counts.min() <= 1
+    again_x, again_y = make_shapes(103, image_size=20, random_state=3)
+    np.testing.assert_array_equal(x, again_x)
+    np.testing.assert_array_equal(y, again_y)
+    other, _ = make_shapes(103, image_size=20, random_state=4)
+    assert not np.array_equal(x, other)
+
+
+def test_make_shapes_grey_classes_and_noise():
+    x, y = make_shapes(60, image_size=16, n_classes=3, color=False, random_state=0)
+    assert x.shape == (60, 16, 16) and set(np.unique(y)) == {0, 1, 2}
+    # White shapes on black: every image has ink and background, with
+    # antialiased edges in between.
+    assert (x.max(axis=(1, 2)) == 1.0).all() and (x.min(axis=(1, 2)) == 0.0).all()
+    assert ((x > 0) & (x < 1)).any(axis=(1, 2)).all()
+    noisy, same_y = make_shapes(
+        60, image_size=16, n_classes=3, color=False, noise=0.05, random_state=0
+    )
+    np.testing.assert_array_equal(y, same_y)
+    interior = (x > 0.2) & (x < 0.8)  # no clipping there
+    assert 0.03 < np.std(noisy[interior] - x[interior]) < 0.07
+
+
+def test_shape_distances_inside_outside_and_extent():
+    from dti_sklearn._shapes import SHAPES
+
+    assert tuple(SHAPES) == SHAPE_NAMES
+    grid = np.linspace(-1.0, 1.0, 201)
+    u, v = np.meshgrid(grid, grid)
+    border = np.maximum(np.abs(u), np.abs(v)) > 0.85
+    hollow = {"ring", "frame", "crescent", "ell"}
+    areas = []
+    for name, distance in SHAPES.items():
+        d = distance(u, v)
+        assert d.shape == u.shape
+        assert (d[border] > 0).all(), f"{name} reaches outside [-0.85, 0.85]^2"
+        centre = float(distance(np.zeros(1), np.zeros(1))[0])
+        assert (centre > 0) == (name in hollow), name
+        areas.append((d < 0).mean())
+    assert min(areas) > 0.1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_samples": 0}, "n_samples"),
+        ({"n_samples": 2.5}, "n_samples"),
+        ({"image_size": 4}, "image_size"),
+        ({"n_classes": 11}, "n_classes"),
+        ({"n_classes": True}, "n_classes"),
+        ({"noise": -0.1}, "noise"),
+        ({"noise": float("nan")}, "noise"),
+    ],
+)
+def test_make_shapes_rejects_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_shapes(**kwargs)
