@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -281,8 +282,8 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_shapes(
-    n_samples: int = 1000, image_size: int = 32, n_classes: int = 10, color: bool = True,
-    noise: float = 0.0, random_state: int | None = 0,
+    n_samples: int = 1000, image_size: int = 32, shapes: Sequence[str] | None = None,
+    color: bool = True, noise: float = 0.0, random_state: int | None = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images of plane shapes in random poses and colours, with their classes.
 
@@ -303,8 +304,9 @@ def make_shapes(
         one at most.
     image_size : int, default=32
         Side of the square images, at least 8.
-    n_classes : int, default=10
-        Use the first ``n_classes`` shapes of :data:`SHAPE_NAMES` (1 to 10).
+    shapes : sequence of str or None, default=None
+        The classes, by their names in :data:`SHAPE_NAMES`; None takes all
+        ten.  Labels index this sequence.
     color : bool, default=True
         Random foreground and background colours (RGB images); False draws
         white shapes on black (grey images).
@@ -321,7 +323,8 @@ def make_shapes(
         Shape (n_samples, image_size, image_size, 3) with ``color``, else
         (n_samples, image_size, image_size); values in [0, 1].
     labels : ndarray of shape (n_samples,), dtype int64
-        Index of each image's shape in :data:`SHAPE_NAMES`.
+        Index of each image's shape in ``shapes`` (:data:`SHAPE_NAMES` by
+        default).
 
     Raises
     ------
@@ -338,18 +341,17 @@ def make_shapes(
     >>> SHAPE_NAMES[labels[0]]
     'triangle'
     """
-    checks = [
-        ("n_samples", n_samples, 1, None), ("image_size", image_size, 8, None),
-        ("n_classes", n_classes, 1, len(SHAPES)),
-    ]
-    for name, value, low, high in checks:
-        if not isinstance(value, Integral) or isinstance(value, bool) or value < low or (
-            high is not None and value > high
-        ):
-            bound = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-            raise ValueError(f"{name} must be {bound}, got {value!r}.")
+    for name, value, low in [("n_samples", n_samples, 1), ("image_size", image_size, 8)]:
+        if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     if not isinstance(noise, Real) or not noise >= 0:
         raise ValueError(f"noise must be a non-negative number, got {noise!r}.")
+    names = SHAPE_NAMES if shapes is None else shapes
+    if isinstance(names, str) or len(names) == 0 or not set(names) <= set(SHAPES):
+        raise ValueError(
+            f"shapes must be a non-empty sequence of names from {SHAPE_NAMES}, got {shapes!r}."
+        )
+    n_classes = len(names)
     rng = np.random.default_rng(random_state)
     labels = rng.permutation(np.arange(n_samples) % n_classes).astype(np.int64)
     angle = np.deg2rad(rng.uniform(-_SHAPE_ROTATION, _SHAPE_ROTATION, n_samples))
@@ -363,7 +365,7 @@ def make_shapes(
     u = (cos * x + sin * y) / (scale * aspect)[:, None, None]  # undo the pose
     v = (cos * y - sin * x) / (scale / aspect)[:, None, None]
     mask = np.empty((n_samples, image_size, image_size), dtype=np.float32)
-    for label, distance in enumerate(list(SHAPES.values())[:n_classes]):
+    for label, distance in enumerate(SHAPES[name] for name in names):
         members = labels == label
         # Signed distance in pixels (canonical units times the scale's pixels
         # per unit), then a one-pixel ramp across the edge.

@@ -234,14 +234,18 @@ def test_make_shapes_shape_range_balance_and_seed():
 
 
 def test_make_shapes_grey_classes_and_noise():
-    x, y = make_shapes(60, image_size=16, n_classes=3, color=False, random_state=0)
+    x, y = make_shapes(60, image_size=16, shapes=["plus", "disc", "ring"], color=False,
+                       random_state=0)
     assert x.shape == (60, 16, 16) and set(np.unique(y)) == {0, 1, 2}
     # White shapes on black: every image has ink and background, with
     # antialiased edges in between.
     assert (x.max(axis=(1, 2)) == 1.0).all() and (x.min(axis=(1, 2)) == 0.0).all()
     assert ((x > 0) & (x < 1)).any(axis=(1, 2)).all()
+    # Labels index the shapes asked for: discs carry more ink than rings.
+    assert x[y == 1].mean() > 1.1 * x[y == 2].mean()
     noisy, same_y = make_shapes(
-        60, image_size=16, n_classes=3, color=False, noise=0.05, random_state=0
+        60, image_size=16, shapes=["plus", "disc", "ring"], color=False, noise=0.05,
+        random_state=0,
     )
     np.testing.assert_array_equal(y, same_y)
     interior = (x > 0.2) & (x < 0.8)  # no clipping there
@@ -273,8 +277,10 @@ def test_shape_distances_inside_outside_and_extent():
         ({"n_samples": 0}, "n_samples"),
         ({"n_samples": 2.5}, "n_samples"),
         ({"image_size": 4}, "image_size"),
-        ({"n_classes": 11}, "n_classes"),
-        ({"n_classes": True}, "n_classes"),
+        ({"shapes": ["disc", "oval"]}, "shapes"),
+        ({"shapes": []}, "shapes"),
+        ({"shapes": "disc"}, "shapes"),
+        ({"image_size": True}, "image_size"),
         ({"noise": -0.1}, "noise"),
         ({"noise": float("nan")}, "noise"),
     ],
