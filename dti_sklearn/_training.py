@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -393,10 +394,13 @@ class TrainingLoop:
         move, and from the copy with the largest cluster split into the slot
         of the one cheapest to remove.  Each branch makes its own
         split-and-merge checks.  The branch with the lower objective on the
-        training set is kept.  Returns its epoch losses.
+        training set is kept.  A branch that diverges is dropped with a
+        warning and the other one kept; only when both diverge does the
+        error reach the caller.  Returns the kept branch's epoch losses.
         """
         start = _Snapshot.take(network, optimizer, generator, state)
         branches = []
+        diverged: FloatingPointError | None = None
         for move in (False, True):
             if move:
                 start.restore(network, optimizer, generator, state)
@@ -407,13 +411,25 @@ class TrainingLoop:
                     break
                 generator.set_state(start.generator)  # the same batches as without
                 progress.total += self._epochs - epoch - 1
-            losses = self._train_epochs(
-                network, optimizer, generator, state, data, starts, epoch + 1, progress
-            )
+            try:
+                losses = self._train_epochs(
+                    network, optimizer, generator, state, data, starts, epoch + 1, progress
+                )
+            except FloatingPointError as error:
+                diverged = error
+                which = "with" if move else "without"
+                warnings.warn(
+                    f"Of the tried move's two branches, the one {which} the move diverged "
+                    f"({error}); it is dropped and the other kept.", RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
             objective = self._training_objective(data, network)
             branches.append(
                 (objective, losses, _Snapshot.take(network, optimizer, generator, state))
             )
+        if not branches:
+            raise diverged  # the only branch, or both, diverged
         _, losses, kept = min(branches, key=lambda branch: branch[0])
         kept.restore(network, optimizer, generator, state)
         return losses

@@ -465,6 +465,51 @@ def test_tried_move_keeps_the_branch_with_the_lower_objective(
     assert np.isfinite(model.loss_curve_).all()
 
 
+@pytest.mark.parametrize("diverging", ["without", "with", "both"])
+def test_a_diverging_branch_of_the_tried_move_is_dropped(three_digits, monkeypatch, diverging):
+    """A branch whose training diverges gives way to the other; both diverging is an error."""
+    X, _ = three_digits
+    trials = _spy_trials(monkeypatch, DTIKMeans)
+    real_try, real_epochs = DTIKMeans._try_move, DTIKMeans._train_epochs  # the spy, the loop
+    poisoned = {"without": {0}, "with": {1}, "both": {0, 1}}[diverging]
+    branch = {"index": None}
+
+    def flagged(self, *args):
+        branch["index"] = 0
+        try:
+            return real_try(self, *args)
+        finally:
+            branch["index"] = None
+
+    def train_epochs(self, network, *args, **kwargs):
+        if branch["index"] is not None:  # one call per branch of the trial
+            if branch["index"] in poisoned:
+                with torch.no_grad():
+                    network.prototypes.fill_(float("nan"))
+            branch["index"] += 1
+        return real_epochs(self, network, *args, **kwargs)
+
+    monkeypatch.setattr(DTIKMeans, "_try_move", flagged)
+    monkeypatch.setattr(DTIKMeans, "_train_epochs", train_epochs)
+    model = DTIKMeans(3, transforms=["aff"], max_iter=20, batch_size=50, random_state=0)
+    if diverging == "both":
+        with pytest.raises(FloatingPointError, match="diverged"):
+            with pytest.warns(RuntimeWarning, match="tried move") as record:
+                model.fit(X[:200])
+        dropped = [str(w.message) for w in record if "tried move" in str(w.message)]
+        assert ["without the move" in m for m in dropped] == [True, False]
+        return
+    with pytest.warns(RuntimeWarning, match=f"the one {diverging} the move diverged"):
+        model.fit(X[:200])
+    assert branch["index"] is None and len(trials) == 1
+    start, trained = trials[0]["snapshots"]  # the start, the end of the branch kept
+    assert _same_state(trials[0]["kept"], trained.network)
+    assert not _same_state(trained.network, start.network)
+    assert len(model.loss_curve_) == model.n_iter_ == 20
+    assert np.isfinite(model.loss_curve_).all()
+    assert np.isfinite(model.cluster_centers_).all()
+
+
 def test_one_tried_move_per_fit_after_the_last_transformation_starts(three_digits, monkeypatch):
     X, _ = three_digits
     trials = _spy_trials(monkeypatch, DTIKMeans)
