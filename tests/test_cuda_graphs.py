@@ -133,7 +133,7 @@ def _graphed_steps(warmup: int = 1):
 @needs_cuda
 @pytest.mark.parametrize("cls", [DTIKMeans, DTIGaussianMixture], ids=["kmeans", "mixture"])
 def test_replayed_steps_train_as_eager_steps_do(cls):
-    model = _cuda_model(cls)
+    model = _cuda_model(cls, cuda_graphs=True)  # the mixture's default is eager steps
     data = torch.from_numpy(X[:256, None]).to("cuda")
     active = list(range(len(model.network_.transformations)))
     eager_net, eager_opt = _network_and_optimizer(model)
