@@ -61,9 +61,9 @@ SHAPES = {"image_size": 32, "color": True, "noise": 0.05, "random_state": 0}
 DATASETS = ("mnist", "mnist-color", *RESIZED, "shapes")
 #: Data sets whose DTI models get the colour transformation in front.
 COLOR_DATASETS = ("mnist-color", "shapes")
-#: "dtikmeans-std" is ``ImageStandardizer`` then DTIKMeans with the defaults it
-#: has on grey images: the colours are removed before the fit.
-DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std")
+#: "dtikmeans-std" and "dtigmm-std" are ``ImageStandardizer`` then the estimator
+#: with the defaults it has on grey images: the colours are removed before the fit.
+DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std", "dtigmm-std")
 MODELS = (*DTI_MODELS, "kmeans", "gmm")
 N_CLUSTERS = 10
 RESULT_MARKER = "BENCH_RESULT "
@@ -317,7 +317,7 @@ def make_model(
 
     Parameters
     ----------
-    model : {"dtikmeans", "dtigmm", "dtikmeans-std", "kmeans", "gmm"}
+    model : {"dtikmeans", "dtigmm", "dtikmeans-std", "dtigmm-std", "kmeans", "gmm"}
         Which estimator.
     dataset : {"mnist", "mnist-color", "mnist-16", "mnist-64", "shapes"}
         For the colour data sets (:data:`COLOR_DATASETS`) the DTI models get
@@ -349,12 +349,12 @@ def make_model(
         )
     if model not in DTI_MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
-    if model == "dtikmeans-std":
+    if model.endswith("-std"):
         from sklearn.pipeline import make_pipeline
 
         from dti_sklearn.preprocessing import ImageStandardizer
 
-        inner = make_model("dtikmeans", "mnist", seed, max_iter, dti_params, device)
+        inner = make_model(model[: -len("-std")], "mnist", seed, max_iter, dti_params, device)
         return make_pipeline(ImageStandardizer(), inner)
     from dti_sklearn import DTIGaussianMixture, DTIKMeans
 

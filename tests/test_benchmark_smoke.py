@@ -227,6 +227,10 @@ def test_standardised_model_is_a_pipeline_with_the_grey_defaults(bench):
     mixture = bench.make_model("dtigmm", "mnist-color", seed=3)
     assert bench._is_color(mixture.transforms[0])
     assert tuple(mixture.transforms[1:]) == tuple(DTIGaussianMixture().transforms)
+    standardised = bench.make_model("dtigmm-std", "shapes", seed=3)
+    assert type(standardised[0]).__name__ == "ImageStandardizer"
+    assert isinstance(standardised[-1], DTIGaussianMixture)
+    assert standardised[-1].transforms == DTIGaussianMixture().transforms  # no colour
 
 
 def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
