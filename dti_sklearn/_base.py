@@ -14,6 +14,7 @@ few small hooks with their objective (see the methods marked *hook*).
 from __future__ import annotations
 
 import math
+import warnings
 from abc import abstractmethod
 from numbers import Integral, Real
 
@@ -206,12 +207,24 @@ class BaseDTI(
         data = torch.from_numpy(images).to(device)
 
         best: _Run | None = None
+        diverged: FloatingPointError | None = None
         for init_index in range(self.n_init):
             seed = int(rng.randint(np.iinfo(np.int32).max))
-            run = self._fit_single(data, images, transformations, starts, seed, init_index)
+            try:
+                run = self._fit_single(data, images, transformations, starts, seed, init_index)
+            except FloatingPointError as error:
+                if self.n_init == 1:
+                    raise
+                diverged = error
+                warnings.warn(
+                    f"Run {init_index + 1} of n_init={self.n_init} diverged ({error}); "
+                    "the best of the others is kept.", RuntimeWarning, stacklevel=2,
+                )
+                continue
             if best is None or run.loss < best.loss:
                 best = run
-        assert best is not None
+        if best is None:
+            raise diverged  # every run diverged
         self.network_ = best.network
         self.device_ = device
         self.transforms_ = transformations

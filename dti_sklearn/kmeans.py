@@ -87,7 +87,9 @@ class DTIKMeans(BaseDTI):
         Adam's learning rate; a tenth of it for the last 10% of the epochs.
     n_init : int, default=1
         Independent runs; the one with the lowest final loss is kept (the
-        paper's "minLoss" protocol).
+        paper's "minLoss" protocol).  A run whose training diverges is
+        dropped with a ``RuntimeWarning``; only all of them diverging (or
+        the only one) raises ``FloatingPointError``.
     init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
         Initial prototypes: random training samples, scikit-learn's k-means++
         seeding, the centres of a scikit-learn ``KMeans`` run, or an array of

@@ -53,7 +53,9 @@ class DTIGaussianMixture(BaseDTI):
         Adam's learning rate; a tenth of it for the last 10% of the epochs.
     n_init : int, default=1
         Independent runs; the one with the lowest final loss (highest
-        likelihood) is kept.
+        likelihood) is kept.  A run whose training diverges is dropped with
+        a ``RuntimeWarning``; only all of them diverging (or the only one)
+        raises ``FloatingPointError``.
     init : {"random", "k-means++", "k-means"} or array-like, default="k-means++"
         Initial means (see :class:`DTIKMeans`).
     curriculum : "auto" or sequence of int, default="auto"

@@ -487,6 +487,45 @@ def test_n_init_keeps_the_run_with_the_lowest_loss(digits):
     np.testing.assert_array_equal(best.labels_, winner.labels_)
 
 
+@pytest.mark.parametrize("failing", [{1}, {0, 1, 2}])
+def test_n_init_drops_a_run_that_diverges(digits, monkeypatch, failing):
+    kwargs = {"transforms": ["aff"], "max_iter": 1, "batch_size": 32, "curriculum": [0]}
+    real_fit_single = DTIKMeans._fit_single
+
+    def fit_single(self, data, images, transformations, starts, seed, init_index):
+        if init_index in failing:
+            raise FloatingPointError(f"Training diverged (run {init_index})")
+        return real_fit_single(self, data, images, transformations, starts, seed, init_index)
+
+    monkeypatch.setattr(DTIKMeans, "_fit_single", fit_single)
+    model = DTIKMeans(4, n_init=3, random_state=0, **kwargs)
+    if len(failing) == 3:
+        with pytest.raises(FloatingPointError, match="run 2"):  # the last one's error
+            with pytest.warns(RuntimeWarning, match="diverged"):
+                model.fit(digits)
+        return
+    with pytest.warns(RuntimeWarning, match=r"Run 2 of n_init=3 diverged \(Training diverged"):
+        model.fit(digits)
+    monkeypatch.undo()
+    # The others drew the same seeds as without the failure: the best of runs 1 and 3.
+    singles = [
+        DTIKMeans(4, n_init=1, random_state=_rng_after(0, i), **kwargs).fit(digits)
+        for i in (0, 2)
+    ]
+    winner = min(singles, key=lambda single: single.inertia_)
+    np.testing.assert_array_equal(model.prototypes_, winner.prototypes_)
+    assert model.inertia_ == winner.inertia_
+
+
+def test_a_single_run_that_diverges_raises(digits, monkeypatch):
+    def fit_single(self, *args):
+        raise FloatingPointError("Training diverged (the only run)")
+
+    monkeypatch.setattr(DTIKMeans, "_fit_single", fit_single)
+    with pytest.raises(FloatingPointError, match="the only run"):
+        DTIKMeans(4, max_iter=1).fit(digits)
+
+
 # ---------------------------------------------------------------- curriculum
 def test_curriculum_switches_modules_on(digits, monkeypatch):
     seen = []
