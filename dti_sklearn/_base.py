@@ -218,7 +218,7 @@ class BaseDTI(
                 diverged = error
                 warnings.warn(
                     f"Run {init_index + 1} of n_init={self.n_init} diverged ({error}); "
-                    "the best of the others is kept.", RuntimeWarning, stacklevel=2,
+                    "it is dropped.", RuntimeWarning, stacklevel=2,
                 )
                 continue
             if best is None or run.loss < best.loss:

@@ -420,8 +420,7 @@ class TrainingLoop:
                 which = "with" if move else "without"
                 warnings.warn(
                     f"Of the tried move's two branches, the one {which} the move diverged "
-                    f"({error}); it is dropped and the other kept.", RuntimeWarning,
-                    stacklevel=2,
+                    f"({error}); it is dropped.", RuntimeWarning, stacklevel=2,
                 )
                 continue
             objective = self._training_objective(data, network)
