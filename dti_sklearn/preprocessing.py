@@ -37,9 +37,8 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
     10,000 such images :class:`~dti_sklearn.DTIKMeans` with
     ``transforms="auto"`` after it still separated the ten shapes (99.4 %
     accuracy; its solved colour can give such a channel a gain near 0),
-    while
-    :class:`~dti_sklearn.DTIGaussianMixture` with its grey defaults did not
-    (15.8 %, against 100 % on the same images without noise).
+    while :class:`~dti_sklearn.DTIGaussianMixture` with its grey defaults
+    did not (15.8 %, against 100 % on the same images without noise).
 
     Parameters
     ----------
