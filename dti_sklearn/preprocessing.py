@@ -7,8 +7,8 @@ from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from dti_sklearn._images import validate_images
-from dti_sklearn._torch.standardize import standardize_channels
+from dti_sklearn._images import ImageLayout, validate_images
+from dti_sklearn._torch.standardize import principal_channel, standardize_channels
 
 
 class ImageStandardizer(TransformerMixin, BaseEstimator):
@@ -39,12 +39,30 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
     accuracy; its solved colour can give such a channel a gain near 0),
     while :class:`~dti_sklearn.DTIGaussianMixture` with its grey defaults
     did not (15.8 %, against 100 % on the same images without noise).
+    ``channels="principal"`` standardises one channel instead, each image's
+    projection on its own principal colour axis, which holds the whole
+    colour difference: on those shapes an image's values moved by 0.16
+    (root mean square over the image, median over the 2,000 images)
+    against 0.30 with every channel on its own.
 
     Parameters
     ----------
     polarity : {"auto", "keep"}, default="auto"
         ``"auto"`` makes the minority structure of every channel bright;
         ``"keep"`` leaves the sign of every channel as it is.
+    channels : {"each", "principal"}, default="each"
+        ``"each"`` standardises every channel on its own and keeps the
+        image's channels.  ``"principal"`` first projects every pixel's
+        colour on the image's principal colour axis (the direction in
+        colour space along which its pixels vary most) and standardises
+        that one channel, so colour images come out grey: ``(n, H, W)``,
+        or rows of ``H * W`` values for 2-D input (give the next
+        estimator ``image_shape=(H, W)``).  On images of two colours, a
+        foreground on a background, the output is the same for any
+        per-channel gain and offset, as with ``"each"``, but a channel of
+        little contrast no longer comes out as noise over the whole range.
+        On other images it keeps the largest colour variation of each.
+        The same as ``"each"`` on grey images.
     image_shape : tuple of int, default=None
         ``(H, W)`` or ``(H, W, C)`` for 2-D input whose rows are flattened
         images, as for the estimators.
@@ -73,11 +91,13 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "polarity": [StrOptions({"auto", "keep"})],
+        "channels": [StrOptions({"each", "principal"})],
         "image_shape": [None, list, tuple],
     }
 
-    def __init__(self, polarity: str = "auto", image_shape=None) -> None:
+    def __init__(self, polarity: str = "auto", channels: str = "each", image_shape=None) -> None:
         self.polarity = polarity
+        self.channels = channels
         self.image_shape = image_shape
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -109,16 +129,21 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        X_new : ndarray of the same shape as X, float32
-            Values in ``[0, 1]``; a constant channel becomes 0.
+        X_new : ndarray of float32
+            Values in ``[0, 1]``; a constant channel becomes 0.  The shape of
+            X, or with ``channels="principal"`` that of one channel of it.
         """
         check_is_fitted(self)
-        images = validate_images(self, X, image_shape=self.image_shape, reset=False)
-        images = standardize_channels(
-            torch.from_numpy(images), flip_polarity=self.polarity == "auto"
-        ).numpy()
-        out = self._layout.to_user(images)
-        return out.reshape(len(out), -1) if self._layout.flat else out
+        images = torch.from_numpy(
+            validate_images(self, X, image_shape=self.image_shape, reset=False)
+        )
+        layout = self._layout
+        if self.channels == "principal":
+            images = principal_channel(images)
+            layout = ImageLayout(layout.image_shape[:2], flat=layout.flat)
+        images = standardize_channels(images, flip_polarity=self.polarity == "auto").numpy()
+        out = layout.to_user(images)
+        return out.reshape(len(out), -1) if layout.flat else out
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -9,11 +9,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dti_sklearn import DTIKMeans
-from dti_sklearn.datasets import make_mnist_color
+from dti_sklearn.datasets import make_mnist_color, make_shapes
 from dti_sklearn.preprocessing import ImageStandardizer
 
 
-@parametrize_with_checks([ImageStandardizer()])
+@parametrize_with_checks([ImageStandardizer(), ImageStandardizer(channels="principal")])
 def test_sklearn_compatible_transformer(estimator, check):
     check(estimator)
 
@@ -112,3 +112,72 @@ def test_pipeline_clusters_recoloured_digits_alike(coloured):
     ).fit(images)
     assert pipe[-1].prototypes_.shape == (4, 8, 8, 3)
     assert np.array_equal(pipe.predict(_recolour(images, 3)), pipe.predict(images))
+
+
+def _two_colour_images(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Digits as blends between a random foreground and background colour, and the blends."""
+    rng = np.random.default_rng(seed)
+    blends = load_digits().images[:40] / 16.0
+    foreground, background = rng.random((2, 40, 1, 1, 3))
+    return background + blends[..., None] * (foreground - background), blends
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_principal_channel_recovers_the_blend_of_two_colours(seed):
+    images, blends = _two_colour_images(seed)
+    std = ImageStandardizer(channels="principal").fit(images)
+    out = std.transform(images)
+    assert out.shape == blends.shape and out.dtype == np.float32
+    # The grey blend, standardised, whatever the two colours and their recolouring.
+    expected = ImageStandardizer().fit_transform(blends)
+    assert np.allclose(out, expected, atol=1e-4)
+    assert np.allclose(std.transform(_recolour(images, seed)), expected, atol=1e-4)
+
+
+def test_principal_channel_is_less_noisy_than_each_channel():
+    noisy, _ = make_shapes(300, image_size=16, color=True, noise=0.05, random_state=0)
+    clean, _ = make_shapes(300, image_size=16, color=True, noise=0.0, random_state=0)
+
+    def median_shift(channels):
+        std = ImageStandardizer(channels=channels).fit(clean)
+        shift = std.transform(noisy) - std.transform(clean)
+        return np.median(np.sqrt((shift**2).reshape(len(shift), -1).mean(axis=1)))
+
+    each, principal = median_shift("each"), median_shift("principal")
+    assert principal < 0.7 * each, (principal, each)
+
+
+def test_principal_channel_layouts_and_grey_images():
+    images, blends = _two_colour_images(2)
+    flat = images.reshape(40, -1)
+    std = ImageStandardizer(channels="principal", image_shape=(8, 8, 3)).fit(flat)
+    out = std.transform(flat)
+    assert out.shape == (40, 64)
+    assert np.allclose(out.reshape(40, 8, 8), ImageStandardizer().fit_transform(blends), atol=1e-4)
+    grey = ImageStandardizer(channels="principal").fit_transform(blends)
+    assert np.array_equal(grey, ImageStandardizer().fit_transform(blends))
+
+
+def test_principal_channel_of_a_constant_image_is_zero():
+    images, _ = _two_colour_images(3)
+    images[5] = 0.4
+    before = images.copy()
+    out = ImageStandardizer(channels="principal").fit_transform(images)
+    assert np.isfinite(out).all() and (out[5] == 0).all() and out[4].max() == 1.0
+    assert np.array_equal(images, before)
+
+
+def test_bad_channels_are_named():
+    with pytest.raises(ValueError, match="channels"):
+        ImageStandardizer(channels="grey").fit(np.zeros((3, 4, 4, 3)))
+
+
+def test_pipeline_with_the_principal_channel_clusters_grey_prototypes(coloured):
+    images, _ = coloured
+    images = images[:300]
+    pipe = make_pipeline(
+        ImageStandardizer(channels="principal"),
+        DTIKMeans(4, transforms=["aff"], max_iter=2, random_state=0),
+    ).fit(images)
+    assert pipe[-1].prototypes_.shape == (4, 8, 8)
+    assert np.array_equal(pipe.predict(_recolour(images, 4)), pipe.predict(images))
