@@ -63,7 +63,12 @@ DATASETS = ("mnist", "mnist-color", *RESIZED, "shapes")
 COLOR_DATASETS = ("mnist-color", "shapes")
 #: "dtikmeans-std" and "dtigmm-std" are ``ImageStandardizer`` then the estimator
 #: with the defaults it has on grey images: the colours are removed before the fit.
-DTI_MODELS = ("dtikmeans", "dtigmm", "dtikmeans-std", "dtigmm-std")
+#: "-pc" is the same with ``ImageStandardizer(channels="principal")``: each image
+#: projected on its principal colour axis, so the estimator sees grey images.
+STANDARDIZERS = {"-std": {}, "-pc": {"channels": "principal"}}
+DTI_MODELS = tuple(
+    f"{model}{suffix}" for suffix in ("", *STANDARDIZERS) for model in ("dtikmeans", "dtigmm")
+)
 MODELS = (*DTI_MODELS, "kmeans", "gmm")
 N_CLUSTERS = 10
 RESULT_MARKER = "BENCH_RESULT "
@@ -317,8 +322,10 @@ def make_model(
 
     Parameters
     ----------
-    model : {"dtikmeans", "dtigmm", "dtikmeans-std", "dtigmm-std", "kmeans", "gmm"}
-        Which estimator.
+    model : {"dtikmeans", "dtigmm", "dtikmeans-std", "dtigmm-std", "dtikmeans-pc", \
+"dtigmm-pc", "kmeans", "gmm"}
+        Which estimator: ``-std`` and ``-pc`` put an ``ImageStandardizer``
+        (:data:`STANDARDIZERS`) in front of the DTI model's grey defaults.
     dataset : {"mnist", "mnist-color", "mnist-16", "mnist-64", "shapes"}
         For the colour data sets (:data:`COLOR_DATASETS`) the DTI models get
         the colour transformation in front of their default transformations;
@@ -349,13 +356,14 @@ def make_model(
         )
     if model not in DTI_MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {MODELS}")
-    if model.endswith("-std"):
-        from sklearn.pipeline import make_pipeline
+    for suffix, standardizer_params in STANDARDIZERS.items():
+        if model.endswith(suffix):
+            from sklearn.pipeline import make_pipeline
 
-        from dti_sklearn.preprocessing import ImageStandardizer
+            from dti_sklearn.preprocessing import ImageStandardizer
 
-        inner = make_model(model[: -len("-std")], "mnist", seed, max_iter, dti_params, device)
-        return make_pipeline(ImageStandardizer(), inner)
+            inner = make_model(model[: -len(suffix)], "mnist", seed, max_iter, dti_params, device)
+            return make_pipeline(ImageStandardizer(**standardizer_params), inner)
     from dti_sklearn import DTIGaussianMixture, DTIKMeans
 
     if model == "dtikmeans":

@@ -231,6 +231,10 @@ def test_standardised_model_is_a_pipeline_with_the_grey_defaults(bench):
     assert type(standardised[0]).__name__ == "ImageStandardizer"
     assert isinstance(standardised[-1], DTIGaussianMixture)
     assert standardised[-1].transforms == DTIGaussianMixture().transforms  # no colour
+    assert standardised[0].channels == "each"
+    principal = bench.make_model("dtigmm-pc", "shapes", seed=3)
+    assert principal[0].channels == "principal"
+    assert principal[-1].transforms == DTIGaussianMixture().transforms
 
 
 def test_cuda_check_imports_and_refuses_a_machine_without_cuda(monkeypatch):
