@@ -645,8 +645,9 @@ def format_table(rows: list[dict], dataset: str) -> str:
     table : str
         The table, with a title line.
     """
+    width = max([10] + [len(row["model"]) for row in rows if row["dataset"] == dataset])
     header = (
-        f"{'model':<10} {'ACC %':>12} {'NMI %':>12} {'minLoss ACC/NMI':>16} "
+        f"{'model':<{width}} {'ACC %':>12} {'NMI %':>12} {'minLoss ACC/NMI':>16} "
         f"{'wall s/run':>10} {'img/s':>8} {'predict s':>9} {'peak MB':>8} {'runs':>6}"
     )
     lines = [f"== {dataset} ==", header, "-" * len(header)]
@@ -655,12 +656,12 @@ def format_table(rows: list[dict], dataset: str) -> str:
             continue
         runs = f"{row['n_runs']}" + (f"+{row['n_failed']}F" if row["n_failed"] else "")
         if not row["n_runs"]:
-            gap = len(header) - 18  # between the model and the runs columns
-            lines.append(f"{row['model']:<10} {'(all runs failed)':<{gap}} {runs:>6}")
+            gap = len(header) - width - 8  # between the model and the runs columns
+            lines.append(f"{row['model']:<{width}} {'(all runs failed)':<{gap}} {runs:>6}")
             continue
         speed = row["images_per_s_median"]
         lines.append(
-            f"{row['model']:<10} "
+            f"{row['model']:<{width}} "
             f"{100 * row['acc_mean']:>6.1f}±{100 * row['acc_std']:<5.1f} "
             f"{100 * row['nmi_mean']:>6.1f}±{100 * row['nmi_std']:<5.1f} "
             f"{100 * row['minloss_acc']:>8.1f}/{100 * row['minloss_nmi']:<7.1f} "

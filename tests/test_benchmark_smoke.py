@@ -157,6 +157,11 @@ def test_summary_min_loss_and_failures(bench):
     assert row["minloss_seed"] == 1 and row["minloss_acc"] == 0.7
     table = bench.format_table([row], "mnist")
     assert "80.0±10.0" in table and "2+1F" in table
+    header, _, line = table.splitlines()[1:]
+    assert len(line) == len(header)
+    long = bench.format_table([row, {**row, "model": "dtikmeans-std"}], "mnist")
+    lengths = {len(line) for line in long.splitlines()[1:]}
+    assert len(lengths) == 1 and lengths != {len(header)}  # wider, and still aligned
 
 
 def _results_file(path, records, cpu="AMD EPYC (family 25, model 1)"):
