@@ -92,9 +92,9 @@ def principal_channel(images: torch.Tensor) -> torch.Tensor:
         return images - images.mean(dim=(2, 3), keepdim=True)
     centred = images.reshape(n, c, -1)
     centred = centred - centred.mean(dim=2, keepdim=True)
-    # The C x C eigen-problems in float64: a few values per image, and an
-    # axis that does not wobble between nearly equal eigenvalues' rounding.
-    covariance = centred.double() @ centred.double().transpose(1, 2)
+    # The C x C eigen-problems in float64 (a few values per image); the
+    # products in the images' dtype, without a float64 copy of the images.
+    covariance = (centred @ centred.transpose(1, 2)).double()
     axis = torch.linalg.eigh(covariance).eigenvectors[:, :, -1]  # largest eigenvalue
     axis = torch.where(axis.sum(dim=1, keepdim=True) < 0, -axis, axis)
     projected = torch.einsum("nc,ncp->np", axis.to(images.dtype), centred)
