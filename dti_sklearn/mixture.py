@@ -258,14 +258,8 @@ class DTIGaussianMixture(BaseDTI):
         (e.g. float64 for the costs) is that of their sums over the pixels.
         """
         variances = deviations.pow(2) + self._variance_floor
-        if torch.is_grad_enabled() and (means.requires_grad or deviations.requires_grad):
-            sq = (x.unsqueeze(1) - means).pow(2) / variances
-            return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2, dtype=sum_dtype)
-        # Without gradient the same operations in place: two (B, K, C, H, W)
-        # temporaries fewer, and the same values to the bit.
-        terms = (x.unsqueeze(1) - means).pow_(2).div_(variances)
-        terms.add_(variances.log_()).add_(_LOG_2PI)
-        return -0.5 * terms.flatten(2).sum(2, dtype=sum_dtype)
+        sq = (x.unsqueeze(1) - means).pow(2) / variances
+        return -0.5 * (sq + variances.log() + _LOG_2PI).flatten(2).sum(2, dtype=sum_dtype)
 
     def _batch_loss(self, network, x, active):
         # All B x K pairs are aligned without gradient to get the

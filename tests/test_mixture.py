@@ -341,20 +341,6 @@ def test_responsibilities_are_not_back_propagated(fitted, digits):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_log_density_without_gradient_is_the_same_to_the_bit(fitted, digits):
-    # predict computes the densities in place, training out of place.
-    network = fitted.network_
-    x = torch.from_numpy(digits[:20].astype(np.float32)).unsqueeze(1)
-    with torch.no_grad():
-        means, deviations = network(x)
-        in_place = fitted._log_density(x, means, deviations, torch.float64)
-    means.requires_grad_(True)
-    reference = fitted._log_density(x, means, deviations, torch.float64)
-    assert reference.requires_grad
-    assert torch.equal(in_place, reference.detach())
-    assert torch.isfinite(in_place).all()
-
-
 def test_truncated_gradient_is_close_to_the_em_gradient(digits):
     # By default only the most responsible components are differentiated; once
     # the components have separated, the others have small responsibilities, so
