@@ -43,7 +43,9 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
     projection on its own principal colour axis, which holds the whole
     colour difference: on those shapes an image's values moved by 0.16
     (root mean square over the image, median over the 2,000 images)
-    against 0.30 with every channel on its own.
+    against 0.30 with every channel on its own, and the mixture with the
+    colour transformation in front of its warps after it separated the
+    ten shapes (99.8 %).
 
     Parameters
     ----------
