@@ -64,7 +64,8 @@ class ImageStandardizer(TransformerMixin, BaseEstimator):
         per-channel gain and offset, as with ``"each"``, but a channel of
         little contrast no longer comes out as noise over the whole range.
         On other images it keeps the largest colour variation of each.
-        The same as ``"each"`` on grey images.
+        With ``polarity="keep"`` the projection grows with the sum of the
+        channels.  The same as ``"each"`` on grey images.
     image_shape : tuple of int, default=None
         ``(H, W)`` or ``(H, W, C)`` for 2-D input whose rows are flattened
         images, as for the estimators.
