@@ -181,3 +181,13 @@ def test_pipeline_with_the_principal_channel_clusters_grey_prototypes(coloured):
     ).fit(images)
     assert pipe[-1].prototypes_.shape == (4, 8, 8)
     assert np.array_equal(pipe.predict(_recolour(images, 4)), pipe.predict(images))
+
+
+def test_principal_channel_with_kept_polarity_grows_with_the_sum_of_the_channels():
+    _, blends = _two_colour_images(4)
+    brighter = 0.1 + blends[..., None] * np.array([0.5, 0.3, -0.1])  # channel sum grows
+    darker = 0.9 - blends[..., None] * np.array([0.5, 0.3, -0.1])
+    keep = ImageStandardizer(polarity="keep", channels="principal").fit(brighter)
+    expected = ImageStandardizer(polarity="keep").fit_transform(blends)
+    assert np.allclose(keep.transform(brighter), expected, atol=1e-4)
+    assert np.allclose(keep.transform(darker), 1.0 - expected, atol=1e-4)
