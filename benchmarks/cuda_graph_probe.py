@@ -55,9 +55,7 @@ def build(images: np.ndarray, batch_size: int, device: str, graphable: bool):
     est._resolve_auto_parameters(nchw.numpy())
     transformations = est._build_transformations(nchw.numpy())
     centres = data[torch.linspace(0, len(data) - 1, 10).long()].clone()
-    network = PrototypeNetwork(
-        centres, transformations, shared_pose=est.shared_pose, **est._network_kwargs(data, centres)
-    )
+    network = PrototypeNetwork(centres, transformations, **est._network_kwargs(data, centres))
     network.to(device)
     optimizer = est._make_optimizer(network)
     return est, network, optimizer, data, list(range(len(transformations)))

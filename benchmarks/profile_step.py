@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> float:
     estimator._resolve_auto_parameters(data.numpy())  # as fit does (the mixture's var_min)
     transformations = estimator._build_transformations(data.numpy())
     network = PrototypeNetwork(
-        centres, transformations, shared_pose=estimator.shared_pose,
-        **estimator._network_kwargs(data, centres),
+        centres, transformations, **estimator._network_kwargs(data, centres)
     )
     optimizer = estimator._make_optimizer(network)
     active = list(range(len(transformations)))

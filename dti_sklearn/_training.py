@@ -178,14 +178,6 @@ class TrainingLoop:
     #: ``load_digits`` lower on two machines, one merged run on one of them).
     #: DTIGaussianMixture turns it on (docs/benchmarks.md).
     warmup_epochs: float = 0
-    #: Whether the pose transformations (affine, projective) get a head
-    #: shared by every prototype besides each prototype's own, whose outputs
-    #: add up (:class:`~dti_sklearn._torch.heads.PrototypeHeads`).  A
-    #: prototype's own heads learn only from the samples assigned to it, so
-    #: a digit drawn in a pose that its prototype never saw (a slanted four)
-    #: joins whichever prototype the warps bend onto it; the shared head
-    #: learns the pose from every sample.  Off here; DTIKMeans turns it on.
-    shared_pose = False
 
     # --------------------------------------------------------------- training
     def _fit_single(
@@ -261,8 +253,7 @@ class TrainingLoop:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = PrototypeNetwork(
-                centres, copy.deepcopy(transformations), shared_pose=self.shared_pose,
-                **self._network_kwargs(data, centres),
+                centres, copy.deepcopy(transformations), **self._network_kwargs(data, centres)
             ).to(device)
         optimizer = self._make_optimizer(network)
         state = _TrainState(counts=torch.zeros(self._n_clusters, device=device))

@@ -211,11 +211,6 @@ class DTIKMeans(BaseDTI):
         "n_clusters": [BaseDTI._parameter_constraints["max_iter"][0]],
     }
 
-    #: The pose transformations get a head shared by every prototype
-    #: (``TrainingLoop.shared_pose``).  MNIST-test, seeds 1 and 3: 96.38 and
-    #: 96.34 ACC without, 97.30 and 97.06 with it (docs/benchmarks.md).
-    shared_pose = True
-
     def __init__(
         self,
         n_clusters: int = 8,

@@ -405,10 +405,6 @@ class DTIGaussianMixture(BaseDTI):
                 + heads.out_weight[m].numel() + heads.out_bias[m].numel()
                 for m in used
             )
-            if heads.shared:  # heads shared by every component (``shared_pose``)
-                predictor += heads.shared_hidden_weight.numel() + heads.shared_hidden_bias.numel()
-                predictor += sum(p.numel() for p in heads.shared_out_weight.parameters())
-                predictor += sum(p.numel() for p in heads.shared_out_bias.parameters())
         return per_image + self.n_components - 1 + predictor
 
     def bic(self, X):

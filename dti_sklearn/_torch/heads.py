@@ -1,4 +1,4 @@
-"""Per-prototype, per-transformation MLP heads (and shared ones), evaluated as one batch."""
+"""Per-prototype, per-transformation MLP heads, evaluated as one batch."""
 
 from __future__ import annotations
 
@@ -29,22 +29,10 @@ class PrototypeHeads(nn.Module):
         ``P_m`` for every transformation of the sequence.
     hidden : int, default=128
         Hidden units of every head.
-    shared : sequence of int, default=()
-        Transformations whose parameters also get a shared part: one more
-        head of the same shape, which does not depend on the prototype, adds
-        its output to every prototype's.  A prototype's own heads learn only
-        from the samples assigned to it; the shared head learns from every
-        sample, so a pose seen in one cluster's samples (a slant, a scale) is
-        undone for every prototype.  It also starts at zero.
     """
-
-    #: Indices of the transformations with a shared head (none for heads
-    #: pickled before it).
-    shared: tuple[int, ...] = ()
 
     def __init__(
         self, n_prototypes: int, n_features: int, n_parameters: list[int], hidden: int = 128,
-        shared: tuple[int, ...] | list[int] = (),
     ) -> None:
         super().__init__()
         self.n_parameters = list(n_parameters)
@@ -62,21 +50,6 @@ class PrototypeHeads(nn.Module):
         self.out_bias = nn.ParameterList(
             [nn.Parameter(torch.zeros(n_prototypes, p)) for p in n_parameters]
         )
-        self.shared = tuple(shared)
-        if self.shared:  # drawn after the prototypes' heads, which stay as without
-            n_shared = len(self.shared)
-            self.shared_hidden_weight = nn.Parameter(
-                torch.empty(n_shared, n_features, hidden).uniform_(-bound, bound)
-            )
-            self.shared_hidden_bias = nn.Parameter(
-                torch.empty(n_shared, hidden).uniform_(-bound, bound)
-            )
-            self.shared_out_weight = nn.ParameterList(
-                [nn.Parameter(torch.zeros(hidden, n_parameters[m])) for m in self.shared]
-            )
-            self.shared_out_bias = nn.ParameterList(
-                [nn.Parameter(torch.zeros(n_parameters[m])) for m in self.shared]
-            )
 
     def _active_hidden(self, active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden-layer weights and biases of the active heads.
@@ -119,15 +92,5 @@ class PrototypeHeads(nn.Module):
             out = torch.baddbmm(
                 self.out_bias[m][:, None, :], per_head, self.out_weight[m]
             )  # (K, B, P)
-            out = out.transpose(0, 1)
-            if m in self.shared:
-                out = out + self._shared_output(features, self.shared.index(m))[:, None]
-            outputs.append(out)
+            outputs.append(out.transpose(0, 1))
         return outputs
-
-    def _shared_output(self, features: torch.Tensor, slot: int) -> torch.Tensor:
-        """(B, P) output of shared head ``slot``: the same for every prototype."""
-        hidden = torch.relu(torch.addmm(
-            self.shared_hidden_bias[slot], features, self.shared_hidden_weight[slot]
-        ))
-        return torch.addmm(self.shared_out_bias[slot], hidden, self.shared_out_weight[slot])

@@ -39,10 +39,6 @@ class PrototypeNetwork(nn.Module):
         Encoder output size.
     hidden : int, default=128
         Hidden units of every head.
-    shared_pose : bool, default=False
-        Whether the pose transformations (``Transformation.pose``: affine,
-        projective) also get a head shared by every prototype
-        (:class:`~dti_sklearn._torch.heads.PrototypeHeads`).
 
     Notes
     -----
@@ -80,7 +76,6 @@ class PrototypeNetwork(nn.Module):
         encoder_width: int = 16,
         n_features: int = 128,
         hidden: int = 128,
-        shared_pose: bool = False,
     ) -> None:
         super().__init__()
         n_prototypes, n_channels, height, width = prototypes.shape
@@ -105,11 +100,7 @@ class PrototypeNetwork(nn.Module):
         n_parameters = [
             0 if t.solved else t.n_parameters(n_channels) for t in self.transformations
         ]
-        shared = [
-            m for m, (t, p) in enumerate(zip(self.transformations, n_parameters))
-            if shared_pose and t.pose and p > 0
-        ]
-        self.heads = PrototypeHeads(n_prototypes, n_features, n_parameters, hidden, shared)
+        self.heads = PrototypeHeads(n_prototypes, n_features, n_parameters, hidden)
         for m, t in enumerate(self.transformations):
             self.register_buffer(f"identity_{m}", t.identity_parameters(n_channels).float())
         self._parametric = [m for m, p in enumerate(n_parameters) if p > 0]

@@ -87,11 +87,6 @@ class Transformation(BaseEstimator):
     #: and the predictor's encoder sees a colour-standardised copy of every
     #: image (beside the image itself only when the colour is predicted).
     photometric: ClassVar[bool] = False
-    #: Whether the parameters describe a pose of the whole image (affine,
-    #: projective) that every prototype can share: with the estimators'
-    #: ``shared_pose=True``, a part of them is predicted from the sample
-    #: alone, the same for every prototype, and added to each prototype's.
-    pose: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -226,7 +226,6 @@ class Affine(_Warp):
     name = "affine"
     aliases = ("aff",)
     curriculum_rank = 1
-    pose = True
 
     is_affine = True
 
@@ -277,7 +276,6 @@ class Projective(_Warp):
     name = "projective"
     aliases = ("proj", "homography")
     curriculum_rank = 2
-    pose = True
 
     def n_parameters(self, n_channels: int) -> int:
         """Return 8."""
