@@ -208,6 +208,7 @@ class BaseDTI(
 
         best: _Run | None = None
         diverged: FloatingPointError | None = None
+        self._images_trained = 0
         for init_index in range(self.n_init):
             seed = int(rng.randint(np.iinfo(np.int32).max))
             try:
@@ -230,6 +231,7 @@ class BaseDTI(
         self.transforms_ = transformations
         self.loss_curve_ = [self._cost_to_user_units(loss, 1) for loss in best.loss_curve]
         self.n_iter_ = best.n_iter
+        self.n_images_trained_ = self._images_trained
         self._set_fitted_attributes(
             best.network, self._cost_to_user_units(best.costs, self.n_features_in_)
         )

@@ -180,6 +180,10 @@ class TrainingLoop:
     warmup_epochs: float = 0
 
     # --------------------------------------------------------------- training
+    #: Images passed through gradient steps so far in ``fit``, over every
+    #: run, start and branch (the fitted ``n_images_trained_``).
+    _images_trained = 0
+
     def _fit_single(
         self, data: torch.Tensor, images: np.ndarray, transformations: list[Transformation],
         starts: list[int], seed: int, init_index: int,
@@ -350,6 +354,7 @@ class TrainingLoop:
             # largest label back to the host, a synchronisation per step.
             counts.index_add_(0, assigned, torch.ones_like(assigned, dtype=counts.dtype))
             state.iteration += 1
+            self._images_trained += len(batch)
             if state.iteration % self.reassign_every == 0:
                 self._reassign_empty(network, optimizer, counts, generator)
                 counts.zero_()

@@ -134,6 +134,11 @@ class DTIKMeans(BaseDTI):
         prototype of their cluster, in the units of ``X``.
     n_iter_ : int
         Number of epochs run.
+    n_images_trained_ : int
+        Images passed through gradient steps, over every run (``n_init``),
+        start and branch of the tried move: ``n_iter_`` epochs of the
+        training set at the least.  Divided by the time of ``fit``, the
+        training throughput.
     loss_curve_ : list of float
         Training loss (mean squared pixel error, in the units of ``X``) of
         every epoch.

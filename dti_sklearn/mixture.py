@@ -116,6 +116,11 @@ class DTIGaussianMixture(BaseDTI):
         of its value.
     n_iter_ : int
         Number of epochs run.
+    n_images_trained_ : int
+        Images passed through gradient steps, over every run (``n_init``),
+        start and branch of the tried move: ``n_iter_`` epochs of the
+        training set at the least.  Divided by the time of ``fit``, the
+        training throughput.
     loss_curve_ : list of float
         Training loss of every epoch: the expected negative log-likelihood
         per sample divided by the number of values per image.

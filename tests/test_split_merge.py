@@ -572,3 +572,29 @@ def test_fits_with_a_tried_move_are_reproducible(three_digits, monkeypatch, esti
     assert np.array_equal(fits[0].prototypes_, fits[1].prototypes_)
     assert fits[0].loss_curve_ == fits[1].loss_curve_
     assert np.isfinite(fits[0].prototypes_).all()
+
+
+@pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
+def test_images_trained_count_both_branches_of_a_tried_move(
+    three_digits, monkeypatch, estimator_class,
+):
+    X, _ = three_digits
+    trials = _spy_trials(monkeypatch, estimator_class)
+    params = {"transforms": ["aff"], "max_iter": 20, "batch_size": 50, "random_state": 0}
+    model = estimator_class(3, **params).fit(X[:200])
+    (trial,) = trials
+    assert len(trial["snapshots"]) == 3  # the start, then each branch's end: both trained
+    second_branch = 20 - trial["epoch"] - 1
+    assert model.n_iter_ == 20
+    assert model.n_images_trained_ == 200 * (20 + second_branch)
+
+    off = estimator_class(3, **params)
+    off.try_moves = False
+    assert off.fit(X[:200]).n_images_trained_ == 200 * 20
+
+
+def test_images_trained_add_up_over_runs(three_digits):
+    X, _ = three_digits
+    model = DTIKMeans(3, transforms=["aff"], max_iter=4, batch_size=64, n_init=2, random_state=0)
+    model.try_moves = False
+    assert model.fit(X[:150]).n_images_trained_ == 2 * 4 * 150  # a last batch of 22 counted
