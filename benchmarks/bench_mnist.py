@@ -410,8 +410,11 @@ def run_single(spec: dict) -> dict:
     -------
     record : dict
         The spec's identifying keys plus ``acc``, ``nmi``, ``final_loss``,
-        ``fit_time_s``, ``n_iter``, ``images_per_s`` (DTI models only, else
-        None), ``predict_time_s``, ``peak_rss_before_fit_mb``, ``peak_rss_mb``.
+        ``fit_time_s``, ``n_iter``, ``images_per_s`` (``n_iter`` epochs of the
+        data over the fit's time; DTI models only, else None),
+        ``images_trained_per_s`` (every image of every gradient step, the tried
+        move's second branch included, over the fit's time; DTI models only),
+        ``predict_time_s``, ``peak_rss_before_fit_mb``, ``peak_rss_mb``.
     """
     from sklearn.metrics import normalized_mutual_info_score
 
@@ -443,6 +446,7 @@ def run_single(spec: dict) -> dict:
     final = est[-1] if hasattr(est, "steps") else est  # a Pipeline's estimator
     n_iter = int(np.max(final.n_iter_))
     is_dti = model_name in DTI_MODELS
+    trained = getattr(final, "n_images_trained_", None) if is_dti else None
     return {
         "dataset": dataset,
         "model": model_name,
@@ -454,6 +458,7 @@ def run_single(spec: dict) -> dict:
         "fit_time_s": fit_time,
         "n_iter": n_iter,
         "images_per_s": X.shape[0] * n_iter / fit_time if is_dti else None,
+        "images_trained_per_s": None if trained is None else trained / fit_time,
         "predict_time_s": predict_time,
         "peak_rss_before_fit_mb": rss_before,
         "peak_rss_mb": _peak_rss_mb(),
@@ -583,7 +588,8 @@ def summarize(records: list[dict]) -> list[dict]:
     summary : list of dict
         One row per (dataset, model) in first-seen order: ACC and NMI mean and
         standard deviation, ACC and NMI of the lowest-loss run ("minLoss"),
-        median fit time, median images per second, median predict time, the
+        median fit time, median images per second (the schedule's epochs, and
+        every trained image), median predict time, the
         largest peak memory, and the numbers of successful and failed runs.
     """
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -601,6 +607,8 @@ def summarize(records: list[dict]) -> list[dict]:
         if ok:
             best = min(ok, key=lambda r: r["final_loss"])
             speeds = [r["images_per_s"] for r in ok if r["images_per_s"] is not None]
+            trained = [r["images_trained_per_s"] for r in ok
+                       if r.get("images_trained_per_s") is not None]
             row.update(
                 zip(
                     ("acc_mean", "acc_std"),
@@ -621,6 +629,9 @@ def summarize(records: list[dict]) -> list[dict]:
                 minloss_nmi=best["nmi"],
                 fit_time_median_s=statistics.median(r["fit_time_s"] for r in ok),
                 images_per_s_median=statistics.median(speeds) if speeds else None,
+                images_trained_per_s_median=(
+                    statistics.median(trained) if trained else None
+                ),
                 predict_time_median_s=statistics.median(
                     r["predict_time_s"] for r in ok
                 ),
@@ -648,7 +659,8 @@ def format_table(rows: list[dict], dataset: str) -> str:
     width = max([10] + [len(row["model"]) for row in rows if row["dataset"] == dataset])
     header = (
         f"{'model':<{width}} {'ACC %':>12} {'NMI %':>12} {'minLoss ACC/NMI':>16} "
-        f"{'wall s/run':>10} {'img/s':>8} {'predict s':>9} {'peak MB':>8} {'runs':>6}"
+        f"{'wall s/run':>10} {'img/s':>8} {'trained/s':>9} {'predict s':>9} {'peak MB':>8} "
+        f"{'runs':>6}"
     )
     lines = [f"== {dataset} ==", header, "-" * len(header)]
     for row in rows:
@@ -660,6 +672,7 @@ def format_table(rows: list[dict], dataset: str) -> str:
             lines.append(f"{row['model']:<{width}} {'(all runs failed)':<{gap}} {runs:>6}")
             continue
         speed = row["images_per_s_median"]
+        trained = row.get("images_trained_per_s_median")
         lines.append(
             f"{row['model']:<{width}} "
             f"{100 * row['acc_mean']:>6.1f}±{100 * row['acc_std']:<5.1f} "
@@ -667,6 +680,7 @@ def format_table(rows: list[dict], dataset: str) -> str:
             f"{100 * row['minloss_acc']:>8.1f}/{100 * row['minloss_nmi']:<7.1f} "
             f"{row['fit_time_median_s']:>10.2f} "
             f"{'-' if speed is None else f'{speed:.0f}':>8} "
+            f"{'-' if trained is None else f'{trained:.0f}':>9} "
             f"{row['predict_time_median_s']:>9.3f} "
             f"{row['peak_rss_max_mb']:>8.0f} {runs:>6}"
         )

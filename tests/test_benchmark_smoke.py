@@ -84,6 +84,7 @@ def test_single_run_with_stand_in_dti_model(bench, monkeypatch, tmp_path):
             assert X.shape == (12, 4, 4)  # DTI models get images, not flattened rows
             self.loss_curve_ = [3.0, 2.0, 0.5]
             self.n_iter_ = 3
+            self.n_images_trained_ = 12 * 5  # a tried move's second branch: 2 more epochs
             return self
 
         def predict(self, X):
@@ -107,6 +108,7 @@ def test_single_run_with_stand_in_dti_model(bench, monkeypatch, tmp_path):
     assert rec["acc"] == 1.0
     assert rec["n_iter"] == 3
     assert rec["images_per_s"] == pytest.approx(12 * 3 / rec["fit_time_s"])
+    assert rec["images_trained_per_s"] == pytest.approx(12 * 5 / rec["fit_time_s"])
 
 
 @pytest.mark.parametrize("size", [16, 64])
@@ -146,8 +148,8 @@ def test_summary_min_loss_and_failures(bench):
         "peak_rss_mb": 100.0,
     }
     records = [
-        {**base, "seed": 0, "acc": 0.9, "final_loss": 2.0},
-        {**base, "seed": 1, "acc": 0.7, "final_loss": 1.0},
+        {**base, "seed": 0, "acc": 0.9, "final_loss": 2.0, "images_trained_per_s": 1500.0},
+        {**base, "seed": 1, "acc": 0.7, "final_loss": 1.0, "images_trained_per_s": 1700.0},
         {"dataset": "mnist", "model": "dtikmeans", "seed": 2, "error": "boom"},
     ]
     (row,) = bench.summarize(records)
@@ -157,6 +159,7 @@ def test_summary_min_loss_and_failures(bench):
     assert row["minloss_seed"] == 1 and row["minloss_acc"] == 0.7
     table = bench.format_table([row], "mnist")
     assert "80.0±10.0" in table and "2+1F" in table
+    assert row["images_trained_per_s_median"] == 1600.0 and " 1600 " in table
     header, _, line = table.splitlines()[1:]
     assert len(line) == len(header)
     long = bench.format_table([row, {**row, "model": "dtikmeans-std"}], "mnist")
