@@ -150,6 +150,12 @@ class TrainingLoop:
     #: Whether a fit tries one split-and-merge move by training the rest of
     #: the schedule with and without it (see ``_try_move``).
     try_moves = True
+    #: How the two halves of every split start when no solved colour rescales
+    #: the residuals (``seeding`` of
+    #: :func:`~dti_sklearn._split_merge.two_means_splits`; with a solved
+    #: colour they always start along the principal direction).
+    #: DTIGaussianMixture uses "principal" (docs/benchmarks.md).
+    split_seeding = "farthest"
     #: Starts that each initialisation races through its first epochs with a
     #: shape-changing transformation; the one with the lowest objective then
     #: is trained to the end (see ``_race``).  1, the default, runs no race:
@@ -579,7 +585,9 @@ class TrainingLoop:
             signed = by_polarity(residuals, torch.cat(all_scales))
             gains = split_gains(signed.double(), labels, sides, k)
         else:
-            gains, sides = two_means_splits(residuals.double(), labels, k)
+            gains, sides = two_means_splits(
+                residuals.double(), labels, k, seeding=self.split_seeding,
+            )
         if force:
             split = int(torch.bincount(labels, minlength=k).argmax())
         else:
