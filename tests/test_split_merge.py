@@ -179,6 +179,14 @@ def _mean(X, y, digits):
     return X[np.isin(y, digits)].mean(0)
 
 
+def _assert_one_cluster_per_digit(labels, y):
+    """At least 90 % of every digit (0, 3, 4) in one cluster, a different one per digit."""
+    for digit in (0, 3, 4):
+        counts = np.bincount(labels[y == digit], minlength=3)
+        assert counts.max() >= 0.9 * counts.sum(), (digit, counts)
+    assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
+
+
 @pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
 def test_a_duplicate_cluster_is_restarted_as_half_of_a_mixed_one(
     estimator_class, three_digits,
@@ -198,10 +206,7 @@ def test_a_duplicate_cluster_is_restarted_as_half_of_a_mixed_one(
     assert after.min(1).sum() < before.min(1).sum()
     labels = after.argmin(1)
     # Every digit now has a cluster of its own.
-    for digit in (0, 3, 4):
-        counts = np.bincount(labels[y == digit], minlength=3)
-        assert counts.max() >= 0.9 * counts.sum(), (digit, counts)
-    assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
+    _assert_one_cluster_per_digit(labels, y)
     if estimator_class is DTIGaussianMixture:
         # The mixed component's weight is shared by its two halves.
         logits = network.mixing_logits.detach()
@@ -282,10 +287,7 @@ def test_the_mixtures_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
 
     assert moved
     labels = model._compute_costs(data, network).argmin(1)
-    for digit in (0, 3, 4):
-        counts = np.bincount(labels[y == digit], minlength=3)
-        assert counts.max() >= 0.9 * counts.sum(), (digit, counts)
-    assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
+    _assert_one_cluster_per_digit(labels, y)
 
 
 def _recoloured(X, seed):
@@ -338,10 +340,7 @@ def test_a_mixed_cluster_of_coloured_digits_is_split_by_digit(three_digits):
 
     assert moved
     labels = model._compute_costs(data, network).argmin(1)
-    for digit in (0, 3, 4):
-        counts = np.bincount(labels[y == digit], minlength=3)
-        assert counts.max() >= 0.9 * counts.sum(), (digit, counts)
-    assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
+    _assert_one_cluster_per_digit(labels, y)
     assert np.isfinite(network.prototypes.detach().numpy()).all()
 
 
