@@ -224,16 +224,6 @@ class DTIGaussianMixture(BaseDTI):
     #: on ``load_digits``, 92.2 -> 94.6 on MNIST resized to 16 x 16
     #: (docs/benchmarks.md).
     warmup_epochs = 1
-    #: Splits start along the principal direction of a component's residuals
-    #: (``TrainingLoop``'s ``split_seeding``).  Seeded at its farthest members,
-    #: the tried move split a component of 4s and 9s into a copy of two images
-    #: and the checks split other components, so two MNIST-test runs of five
-    #: ended with the 4s and the 9s together (82.9 and 82.7 ACC on one
-    #: machine); with this seeding the five ran at 96.0-96.5 (96.3 +- 0.2),
-    #: and ``load_digits`` seeds 0-2 rose from 91.7 to 93.1 mean.  DTIKMeans
-    #: keeps "farthest": on ``load_digits`` it fell 95.9 -> 94.3 with
-    #: "principal" (docs/benchmarks.md).
-    split_seeding = "principal"
     # ``max_iter="auto"`` aims for DTIKMeans's 9,000 gradient steps since the
     # tried move (``TrainingLoop._try_move``): on MNIST-test, 95.9 +- 0.4 ACC with
     # 3,000 steps, 93.6 +- 5.1 with 9,000 before that move (seed 1 put two

@@ -261,15 +261,16 @@ def test_a_forced_move_splits_the_largest_cluster_into_the_cheapest_to_remove(
 
 
 @pytest.mark.parametrize("force", [False, True])
-def test_the_mixtures_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
+def test_a_principal_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
     three_digits, force,
 ):
     # The 3s and 4s share a component, and one of their members is its mean
     # with the top half filled in, farther from it than any digit.  Halves
     # seeded at the farthest members keep the outlier as a half of its own
-    # (the copy then takes one image and the digits stay together); the
-    # mixture's halves start along the principal direction, so each digit
-    # gets its own component, whether the check or a tried move splits.
+    # (the copy then takes one image and the digits stay together); with
+    # ``split_seeding = "principal"`` the halves start along the principal
+    # direction, so each digit gets its own component, whether the check or
+    # a tried move splits.
     X, y = three_digits
     mixed = _mean(X, y, [3, 4])
     outlier = mixed.copy()
@@ -277,7 +278,7 @@ def test_the_mixtures_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
     X, y = np.concatenate([X, outlier[None]]), np.append(y, -1)
     init = np.stack([_mean(X, y, [0]), _mean(X, y, [0]) + 1e-3, mixed])
     model, network, optimizer, data = _prepared(DTIGaussianMixture, (X, y), init)
-    assert model.split_seeding == "principal"
+    model.split_seeding = "principal"
     before = model._compute_costs(data, network).argmin(1)
     assert before[-1] == 2 and np.bincount(before).argmax() == 2
 
