@@ -276,7 +276,8 @@ def test_a_principal_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
     outlier = mixed.copy()
     outlier[:4] = 1.0
     X, y = np.concatenate([X, outlier[None]]), np.append(y, -1)
-    init = np.stack([_mean(X, y, [0]), _mean(X, y, [0]) + 1e-3, mixed])
+    zero = _mean(X, y, [0])
+    init = np.stack([zero, zero + 1e-3, mixed])
     model, network, optimizer, data = _prepared(DTIGaussianMixture, (X, y), init)
     model.split_seeding = "principal"
     before = model._compute_costs(data, network).argmin(1)
