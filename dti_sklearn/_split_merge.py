@@ -189,6 +189,8 @@ def two_means_splits(
     gains, the farthest members made a half of one sample; the principal
     direction split it 831 + 8 and 141 + 930 (docs/benchmarks.md).
     """
+    if seeding not in ("farthest", "principal"):
+        raise ValueError(f"seeding must be 'farthest' or 'principal', got {seeding!r}.")
     n = residuals.shape[0]
     dtype, device = residuals.dtype, residuals.device
     member = torch.zeros(k, n, dtype=torch.bool, device=device)

@@ -92,6 +92,12 @@ def test_principal_seeding_splits_two_blobs_despite_an_outlier():
     assert gains[0] > 0
 
 
+def test_an_unknown_seeding_is_refused():
+    residuals, labels = torch.randn(6, 4).double(), torch.tensor([0, 0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match="seeding must be 'farthest' or 'principal'"):
+        two_means_splits(residuals, labels, 2, seeding="pca")
+
+
 def test_members_all_alike_cannot_be_split():
     # Regression: a cluster of identical residuals used to report its shift
     # gain with one empty half, whose mean is NaN.
