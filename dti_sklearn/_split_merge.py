@@ -19,6 +19,8 @@ import torch
 TWO_MEANS_ITERATIONS = 10
 #: Power iterations for the principal direction of every cluster (``seeding="principal"``).
 POWER_ITERATIONS = 20
+#: How :func:`two_means_splits` may start the halves of every cluster.
+_SEEDINGS = ("farthest", "principal", "both")
 
 
 def removal_costs(costs: torch.Tensor) -> torch.Tensor:
@@ -163,7 +165,7 @@ def two_means_splits(
         Cluster of every sample, in ``[0, k)``.
     k : int
         Number of clusters.
-    seeding : {"farthest", "principal"}, default="farthest"
+    seeding : {"farthest", "principal", "both"}, default="farthest"
         How the two halves start (Notes).
 
     Returns
@@ -187,10 +189,15 @@ def two_means_splits(
     cannot make one half of them alone.  On a cluster of 4s and 9s of
     MNIST-test whose residuals had been divided by the samples' solved
     gains, the farthest members made a half of one sample; the principal
-    direction split it 831 + 8 and 141 + 930 (docs/benchmarks.md).
+    direction split it 831 + 8 and 141 + 930 (docs/benchmarks.md).  With
+    ``"both"`` the two-means runs from either start and every cluster keeps
+    the split of the larger gain (the lower inertia), as k-means keeps the
+    best of several initialisations.
     """
-    if seeding not in ("farthest", "principal"):
-        raise ValueError(f"seeding must be 'farthest' or 'principal', got {seeding!r}.")
+    if seeding not in _SEEDINGS:
+        raise ValueError(
+            f"seeding must be one of {', '.join(map(repr, _SEEDINGS))}, got {seeding!r}."
+        )
     n = residuals.shape[0]
     dtype, device = residuals.dtype, residuals.device
     member = torch.zeros(k, n, dtype=torch.bool, device=device)
@@ -206,12 +213,31 @@ def two_means_splits(
         masked = torch.where(member, distance.unsqueeze(0), distance.new_tensor(-1.0))
         return residuals[masked.argmax(1)]
 
-    own = torch.stack([2 * labels, 2 * labels + 1], dim=1)  # (n, 2) rows of flat centres
-    if seeding == "principal":
-        centres = _principal_halves(residuals, labels, means, k)
-    else:
+    starts = []
+    if seeding in ("farthest", "both"):
         first = farthest_from(means)
-        centres = torch.stack([first, farthest_from(first)], dim=1)  # (k, 2, D)
+        starts.append(torch.stack([first, farthest_from(first)], dim=1))  # (k, 2, D)
+    if seeding in ("principal", "both"):
+        starts.append(_principal_halves(residuals, labels, means, k))
+    gains, sides = _two_means(residuals, labels, starts[0], k)
+    for centres in starts[1:]:
+        other_gains, other_sides = _two_means(residuals, labels, centres, k)
+        better = other_gains > gains
+        gains = torch.where(better, other_gains, gains)
+        sides = torch.where(better[labels], other_sides, sides)
+    return gains, sides
+
+
+def _two_means(
+    residuals: torch.Tensor, labels: torch.Tensor, centres: torch.Tensor, k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's iterations of every cluster's two-means from (k, 2, D) ``centres``.
+
+    Returns the (k,) gains, zero for a cluster left with an empty half, and
+    the (n,) sides, as :func:`two_means_splits`.
+    """
+    dtype, device = residuals.dtype, residuals.device
+    own = torch.stack([2 * labels, 2 * labels + 1], dim=1)  # (n, 2) rows of flat centres
     for _ in range(TWO_MEANS_ITERATIONS):
         sides = _gain_per_side(residuals, centres, own).argmax(1)
         sums, counts = _half_sums(residuals, labels, sides, k)

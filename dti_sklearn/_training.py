@@ -152,11 +152,12 @@ class TrainingLoop:
     try_moves = True
     #: How the two halves of every split start when no solved colour rescales
     #: the residuals (``seeding`` of
-    #: :func:`~dti_sklearn._split_merge.two_means_splits`; with a solved
-    #: colour they always start along the principal direction).  "principal"
-    #: repaired the two DTIGaussianMixture runs of five that kept MNIST-test's
-    #: 4s and 9s together on one machine (90.9 -> 96.3 ACC), but lowered it
-    #: on ``load_digits`` (92.2 -> 90.7, five seeds) and DTIKMeans there
+    #: :func:`~dti_sklearn._split_merge.two_means_splits`: "farthest",
+    #: "principal" or "both"; with a solved colour they always start along
+    #: the principal direction).  "principal" repaired the two
+    #: DTIGaussianMixture runs of five that kept MNIST-test's 4s and 9s
+    #: together on one machine (90.9 -> 96.3 ACC), but lowered it on
+    #: ``load_digits`` (92.2 -> 90.7, five seeds) and DTIKMeans there
     #: (95.9 -> 94.3, three seeds), so it is an option (docs/benchmarks.md).
     split_seeding = "farthest"
     #: Starts that each initialisation races through its first epochs with a

@@ -92,9 +92,32 @@ def test_principal_seeding_splits_two_blobs_despite_an_outlier():
     assert gains[0] > 0
 
 
+def test_both_seedings_keep_the_split_of_larger_gain_in_every_cluster():
+    # Cluster 0: two blobs and an outlier, where the farthest members make a
+    # poor start; cluster 1: three blobs of 13, 11 and 3, where the principal
+    # direction does.
+    rng = np.random.RandomState(0)
+    blobs = [rng.normal(0.0, 0.3, size=(50, 4)), rng.normal(0.0, 0.3, size=(50, 4))]
+    blobs[1][:, 0] += 3.0
+    outlier = np.zeros((1, 4))
+    outlier[0, 1] = 8.0
+    rng = np.random.RandomState(90)
+    three = [rng.normal(rng.normal(0, 2, 4), 0.3, (size, 4)) for size in (13, 11, 3)]
+    residuals = torch.from_numpy(np.concatenate([*blobs, outlier, *three]))
+    labels = torch.tensor([0] * 101 + [1] * 27)
+    farthest_gains, farthest = two_means_splits(residuals, labels, 2)
+    principal_gains, principal = two_means_splits(residuals, labels, 2, seeding="principal")
+    assert principal_gains[0] > farthest_gains[0] and farthest_gains[1] > principal_gains[1]
+
+    gains, sides = two_means_splits(residuals, labels, 2, seeding="both")
+
+    assert gains.tolist() == [principal_gains[0].item(), farthest_gains[1].item()]
+    assert torch.equal(sides[:101], principal[:101]) and torch.equal(sides[101:], farthest[101:])
+
+
 def test_an_unknown_seeding_is_refused():
     residuals, labels = torch.randn(6, 4).double(), torch.tensor([0, 0, 0, 1, 1, 1])
-    with pytest.raises(ValueError, match="seeding must be 'farthest' or 'principal'"):
+    with pytest.raises(ValueError, match="seeding must be one of 'farthest', 'principal', 'both'"):
         two_means_splits(residuals, labels, 2, seeding="pca")
 
 
