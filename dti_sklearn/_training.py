@@ -154,11 +154,12 @@ class TrainingLoop:
     #: the residuals (``seeding`` of
     #: :func:`~dti_sklearn._split_merge.two_means_splits`: "farthest",
     #: "principal" or "both"; with a solved colour they always start along
-    #: the principal direction).  "principal" repaired the two
-    #: DTIGaussianMixture runs of five that kept MNIST-test's 4s and 9s
-    #: together on one machine (90.9 -> 96.3 ACC), but lowered it on
-    #: ``load_digits`` (92.2 -> 90.7, five seeds) and DTIKMeans there
-    #: (95.9 -> 94.3, three seeds), so it is an option (docs/benchmarks.md).
+    #: the principal direction).  "principal" and "both" repaired a
+    #: DTIGaussianMixture run that kept MNIST-test's 4s and 9s together on
+    #: one machine, but lowered the mixture on ``load_digits`` ("both": 93.3
+    #: -> 91.9, ten seeds) and on MNIST at 16 x 16 ("both": 90.4 -> 86.1 at a
+    #: lower final loss on all five seeds), so they are options
+    #: (docs/benchmarks.md).
     split_seeding = "farthest"
     #: Starts that each initialisation races through its first epochs with a
     #: shape-changing transformation; the one with the lowest objective then
