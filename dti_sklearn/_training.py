@@ -154,11 +154,10 @@ class TrainingLoop:
     #: the residuals (``seeding`` of
     #: :func:`~dti_sklearn._split_merge.two_means_splits`: "farthest",
     #: "principal" or "both"; with a solved colour they always start along
-    #: the principal direction).  "principal" and "both" repaired a
-    #: DTIGaussianMixture run that kept MNIST-test's 4s and 9s together on
-    #: one machine, but lowered the mixture on ``load_digits`` ("both": 93.3
-    #: -> 91.9, ten seeds) and on MNIST at 16 x 16 ("both": 90.4 -> 86.1 at a
-    #: lower final loss on all five seeds), so they are options
+    #: the principal direction).  DTIGaussianMixture sets "principal" (see
+    #: there); for DTIKMeans it lowered ``load_digits`` (95.9 -> 94.3, three
+    #: seeds), and "both" lowered the mixture at 16 x 16 (90.4 -> 86.1 at a
+    #: lower final loss on all five seeds), so they are options here
     #: (docs/benchmarks.md).
     split_seeding = "farthest"
     #: Starts that each initialisation races through its first epochs with a

@@ -297,7 +297,7 @@ def test_a_principal_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
     # with the top half filled in, farther from it than any digit.  Halves
     # seeded at the farthest members keep the outlier as a half of its own
     # (the copy then takes one image and the digits stay together); with
-    # ``split_seeding = "principal"`` the halves start along the principal
+    # the mixture's ``split_seeding = "principal"`` the halves start along the principal
     # direction, so each digit gets its own component, whether the check or
     # a tried move splits.
     X, y = three_digits
@@ -308,7 +308,6 @@ def test_a_principal_split_is_not_thrown_by_an_outlier_of_the_mixed_component(
     zero = _mean(X, y, [0])
     init = np.stack([zero, zero + 1e-3, mixed])
     model, network, optimizer, data = _prepared(DTIGaussianMixture, (X, y), init)
-    model.split_seeding = "principal"
     before = model._compute_costs(data, network).argmin(1)
     assert before[-1] == 2 and np.bincount(before).argmax() == 2
 
