@@ -129,10 +129,10 @@ def test_larger_var_min_floors_the_variances(digits):
 
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    [((8, 8), 0.0625), ((14, 14), 0.0625), ((28, 28), 0.25), ((28, 28, 1), 0.25),
+    [((8, 8), 64 / 56**2), ((14, 14), 0.0625), ((28, 28), 0.25), ((28, 28, 1), 0.25),
      ((14, 14, 4), 0.25), ((56, 56), 1.0)],
 )
-def test_auto_var_min_is_the_papers_floor_then_proportional_to_the_values(shape, expected):
+def test_auto_var_min_is_proportional_to_the_values_the_papers_floor_at_14_by_14(shape, expected):
     images = np.random.default_rng(0).random((12, *shape), dtype=np.float32)
     model = DTIGaussianMixture(2, transforms=None, max_iter=1, random_state=0).fit(images)
     assert model.var_min == "auto"
