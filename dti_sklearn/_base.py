@@ -141,6 +141,14 @@ class BaseDTI(
     def _final_loss(self, costs: np.ndarray) -> float:
         """The objective on the whole training set, from its costs (hook)."""
 
+    def _comparison_loss(self, costs: np.ndarray, network: PrototypeNetwork) -> float:
+        """The objective by which training compares runs of one initialisation (hook).
+
+        The race's starts and the tried move's two branches are ranked by it
+        on the whole training set, lower is better; by default the final loss.
+        """
+        return self._final_loss(costs)
+
     @abstractmethod
     def _set_fitted_attributes(self, network: PrototypeNetwork, costs: np.ndarray) -> None:
         """Store the estimator's fitted attributes (hook)."""

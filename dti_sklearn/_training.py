@@ -7,8 +7,8 @@ with their curriculum, learning-rate decay and split-and-merge checks
 (``_train_epochs``, ``_train_epoch``), a gradient step (``_train_step``),
 empty-cluster reassignment and the tried move (``_try_move``).  The
 objective comes from the estimator's hooks, declared on ``BaseDTI``
-(``_batch_loss``, ``_costs``, ``_final_loss``, ``_split_residuals``,
-``_after_reassignment``), as do the initial prototypes
+(``_batch_loss``, ``_costs``, ``_final_loss``, ``_comparison_loss``,
+``_split_residuals``, ``_after_reassignment``), as do the initial prototypes
 (``_initial_centres``) and the costs on the whole training set
 (``_compute_costs``).
 """
@@ -277,8 +277,12 @@ class TrainingLoop:
         return _Start(network, optimizer, generator, state)
 
     def _training_objective(self, data: torch.Tensor, network: PrototypeNetwork) -> float:
-        """Objective of a network in training on the whole training set; it stays in training."""
-        objective = self._final_loss(self._compute_costs(data, network))
+        """Comparison objective of a network in training on the whole training set.
+
+        The estimator's ``_comparison_loss`` of its costs; the network stays
+        in training mode.
+        """
+        objective = self._comparison_loss(self._compute_costs(data, network), network)
         network.train()
         return objective
 
@@ -409,9 +413,10 @@ class TrainingLoop:
         move, and from the copy with the largest cluster split into the slot
         of the one cheapest to remove.  Each branch makes its own
         split-and-merge checks.  The branch with the lower objective on the
-        training set is kept.  A branch that diverges is dropped with a
-        warning and the other one kept; only when both diverge does the
-        error reach the caller.  Returns the kept branch's epoch losses.
+        training set (the estimator's ``_comparison_loss``) is kept.  A
+        branch that diverges is dropped with a warning and the other one
+        kept; only when both diverge does the error reach the caller.
+        Returns the kept branch's epoch losses.
         """
         start = _Snapshot.take(network, optimizer, generator, state)
         branches = []

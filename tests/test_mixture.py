@@ -270,6 +270,29 @@ def test_n_init_keeps_the_most_likely_run(digits):
     np.testing.assert_array_equal(best.means_, singles[int(np.argmax(bounds))].means_)
 
 
+
+def test_runs_are_compared_on_their_fit_with_equal_mixing_weights(fitted, digits):
+    # The race's starts and the tried move's branches are ranked without the
+    # weights' share of the likelihood, which rewards unequal sizes.
+    network = copy.deepcopy(fitted.network_)
+    data = fitted._validated_tensor(digits)
+    with torch.no_grad():
+        network.mixing_logits.zero_()
+    equal_costs = fitted._compute_costs(data, network)
+    equal = fitted._comparison_loss(equal_costs, network)
+    assert equal == pytest.approx(fitted._final_loss(equal_costs), rel=1e-12)
+    with torch.no_grad():
+        network.mixing_logits.copy_(torch.tensor([2.0, -1.0, 0.0]))
+    skewed_costs = fitted._compute_costs(data, network)
+    assert fitted._final_loss(skewed_costs) != pytest.approx(equal, rel=1e-6)
+    assert fitted._comparison_loss(skewed_costs, network) == pytest.approx(equal, rel=1e-9)
+    calls = []
+    real = DTIGaussianMixture._comparison_loss
+    loop = copy.deepcopy(fitted)
+    loop._comparison_loss = lambda costs, net: calls.append(net) or real(loop, costs, net)
+    assert loop._training_objective(data, network) == pytest.approx(equal, rel=1e-9)
+    assert calls == [network]
+
 # ---------------------------------------------------- degenerate pixel data
 @pytest.mark.parametrize("kind", ["zeros", "ones", "constant", "saturated"])
 @pytest.mark.parametrize("transforms", [None, ["aff", "mor"]])
