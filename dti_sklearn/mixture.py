@@ -20,6 +20,11 @@ _LOG_2PI = math.log(2 * math.pi)
 AUTO_VAR_MIN_DIVISOR = 56**2
 
 
+def _float64_log_weights(network: PrototypeNetwork) -> torch.Tensor:
+    """(K,) log mixing weights in float64, as the costs add them."""
+    return torch.log_softmax(network.mixing_logits.double(), dim=0)
+
+
 class DTIGaussianMixture(BaseDTI):
     """Deep Transformation-Invariant Gaussian mixture.
 
@@ -310,7 +315,7 @@ class DTIGaussianMixture(BaseDTI):
     def _costs(self, network, x, means, deviations):
         # Float64 sums of float32 terms: the costs of float64 terms to 3e-8
         # (relative), about 7 times faster on MNIST-sized chunks.
-        log_weights = torch.log_softmax(network.mixing_logits.double(), dim=0)
+        log_weights = _float64_log_weights(network)
         return -(log_weights + self._log_density(x, means, deviations, torch.float64))
 
     def _final_loss(self, costs: np.ndarray) -> float:
@@ -325,8 +330,8 @@ class DTIGaussianMixture(BaseDTI):
         # On MNIST at 16 x 16 (seed 6) the tried move's branch that parted the
         # 4s from the 9s fitted the images better and lost on the likelihood
         # by 1e-4 per value, less than that term (docs/benchmarks.md).
-        log_weights = torch.log_softmax(network.mixing_logits.detach().double(), dim=0)
-        equal = costs + log_weights.cpu().numpy() + math.log(len(log_weights))
+        log_weights = _float64_log_weights(network).detach().cpu().numpy()
+        equal = costs + log_weights + math.log(len(log_weights))
         return self._final_loss(equal)
 
     def _cost_to_user_units(self, cost, n_values):

@@ -270,7 +270,6 @@ def test_n_init_keeps_the_most_likely_run(digits):
     np.testing.assert_array_equal(best.means_, singles[int(np.argmax(bounds))].means_)
 
 
-
 def test_runs_are_compared_on_their_fit_with_equal_mixing_weights(fitted, digits):
     # The race's starts and the tried move's branches are ranked without the
     # weights' share of the likelihood, which rewards unequal sizes.
@@ -292,6 +291,7 @@ def test_runs_are_compared_on_their_fit_with_equal_mixing_weights(fitted, digits
     loop._comparison_loss = lambda costs, net: calls.append(net) or real(loop, costs, net)
     assert loop._training_objective(data, network) == pytest.approx(equal, rel=1e-9)
     assert calls == [network]
+
 
 # ---------------------------------------------------- degenerate pixel data
 @pytest.mark.parametrize("kind", ["zeros", "ones", "constant", "saturated"])
