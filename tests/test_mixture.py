@@ -196,11 +196,15 @@ def test_identity_only_density_is_a_diagonal_gmm(blobs):
     np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-6, atol=1e-4)
 
 
-def test_identity_only_bic_counts_the_gmm_parameters(blobs):
+@pytest.mark.parametrize("mixing_weights", ["learned", "equal"])
+def test_identity_only_bic_counts_the_gmm_parameters(blobs, mixing_weights):
     X, _ = blobs
     n, d = X.shape
-    model = DTIGaussianMixture(3, transforms=None, image_shape=(4, 4), **FAST).fit(X)
-    n_parameters = 2 * 3 * d + 3 - 1  # means, variances, weights: sklearn's count
+    model = DTIGaussianMixture(
+        3, transforms=None, image_shape=(4, 4), mixing_weights=mixing_weights, **FAST
+    ).fit(X)
+    # means, variances, weights: sklearn's count; equal weights are not free
+    n_parameters = 2 * 3 * d + (3 - 1 if mixing_weights == "learned" else 0)
     log_likelihood = model.score_samples(X).sum()
     assert model.bic(X) == pytest.approx(-2 * log_likelihood + n_parameters * math.log(n))
     assert model.aic(X) == pytest.approx(-2 * log_likelihood + 2 * n_parameters)
@@ -349,16 +353,24 @@ def _em_and_marginal_gradients(estimator, digits):
         if q.grad is not None
     ]
     assert len(grads) >= 4
-    assert ref_net.mixing_logits.grad.abs().sum() > 0
+    if estimator._learns_weights:
+        assert ref_net.mixing_logits.grad.abs().sum() > 0
+    else:  # held equal: no gradient reaches the logits
+        assert em_net.mixing_logits.grad is None
+        assert ref_net.mixing_logits.grad is None
     assert ref_net.log_deviations.grad.abs().sum() > 0
     return grads
 
 
-def test_responsibilities_are_not_back_propagated(fitted, digits):
+@pytest.mark.parametrize("mixing_weights", ["equal", "learned"])
+def test_responsibilities_are_not_back_propagated(fitted, digits, mixing_weights):
     # With gamma detached, the gradient of -sum_k gamma_k log p(x, k) equals the
     # gradient of -log p(x) (Fisher's identity); without detaching it would not.
     # Every component gets its gradient here (gradient_components >= K).
     estimator = copy.copy(fitted)
+    estimator.mixing_weights = mixing_weights
+    estimator.network_ = copy.deepcopy(fitted.network_)
+    estimator.network_.mixing_logits.requires_grad_(mixing_weights == "learned")
     estimator.gradient_components = K
     for name, fast, reference in _em_and_marginal_gradients(estimator, digits):
         torch.testing.assert_close(fast, reference, rtol=1e-4, atol=1e-7, msg=name)
@@ -380,7 +392,19 @@ def test_truncated_gradient_is_close_to_the_em_gradient(digits):
         assert error < 0.05, name
 
 
+def test_reassign_keeps_equal_weights_equal(fitted):
+    network = copy.deepcopy(fitted.network_).train()
+    optimizer = fitted._make_optimizer(network)
+    counts = torch.tensor([60.0, 1.0, 39.0])  # component 1 is nearly empty
+    fitted._reassign_empty(network, optimizer, counts, torch.Generator().manual_seed(0))
+    assert torch.equal(network.mixing_logits.detach(), torch.zeros(K))
+    deviations = network.log_deviations.detach()  # component 1 did restart
+    assert torch.equal(deviations[1], deviations[0])
+
+
 def test_reassign_shares_the_largest_weight(fitted, digits):
+    fitted = copy.copy(fitted)
+    fitted.mixing_weights = "learned"
     network = copy.deepcopy(fitted.network_).train()
     optimizer = fitted._make_optimizer(network)
     with torch.no_grad():

@@ -216,7 +216,13 @@ def _assert_one_cluster_per_digit(labels, y):
     assert len({np.bincount(labels[y == d]).argmax() for d in (0, 3, 4)}) == 3
 
 
-@pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])
+def _learned_weights_mixture(*args, **kwargs):
+    return DTIGaussianMixture(*args, mixing_weights="learned", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "estimator_class", [DTIKMeans, DTIGaussianMixture, _learned_weights_mixture]
+)
 def test_a_duplicate_cluster_is_restarted_as_half_of_a_mixed_one(
     estimator_class, three_digits,
 ):
@@ -236,12 +242,15 @@ def test_a_duplicate_cluster_is_restarted_as_half_of_a_mixed_one(
     labels = after.argmin(1)
     # Every digit now has a cluster of its own.
     _assert_one_cluster_per_digit(labels, y)
-    if estimator_class is DTIGaussianMixture:
+    if estimator_class is _learned_weights_mixture:
         # The mixed component's weight is shared by its two halves.
         logits = network.mixing_logits.detach()
         halves = [c for c in range(3) if abs(logits[c] - logits.max()) > 0.5]
         assert len(halves) == 2
         assert logits[halves[0]] == pytest.approx(logits[halves[1]].item())
+    elif estimator_class is DTIGaussianMixture:
+        # Equal weights stay equal.
+        assert torch.equal(network.mixing_logits.detach(), torch.zeros(3))
 
 
 @pytest.mark.parametrize("estimator_class", [DTIKMeans, DTIGaussianMixture])

@@ -32,7 +32,11 @@ class PrototypeNetwork(nn.Module):
         Initial log standard deviations (Gaussian mixture only).  Spatial
         transformations warp them with the same parameters as the means.
     mixing_logits : bool, default=False
-        Whether to hold free mixing logits (Gaussian mixture only).
+        Whether to hold mixing logits (Gaussian mixture only), zero at
+        first: equal mixing weights.
+    learn_mixing_logits : bool, default=True
+        Whether training updates the mixing logits; if not, they stay zero
+        (``requires_grad=False``) and the weights equal.
     encoder_width : int, default=16
         Stem width of the :class:`~dti_sklearn._torch.encoder.Encoder`.
     n_features : int, default=128
@@ -73,6 +77,7 @@ class PrototypeNetwork(nn.Module):
         *,
         log_deviations: torch.Tensor | None = None,
         mixing_logits: bool = False,
+        learn_mixing_logits: bool = True,
         encoder_width: int = 16,
         n_features: int = 128,
         hidden: int = 128,
@@ -85,7 +90,8 @@ class PrototypeNetwork(nn.Module):
             None if log_deviations is None else nn.Parameter(log_deviations.clone())
         )
         self.mixing_logits = (
-            nn.Parameter(torch.zeros(n_prototypes)) if mixing_logits else None
+            nn.Parameter(torch.zeros(n_prototypes), requires_grad=learn_mixing_logits)
+            if mixing_logits else None
         )
         self.standardized_copy = has_photometric(self.transformations)
         self.raw_colours = self.standardized_copy and any(
