@@ -258,9 +258,9 @@ class DTIGaussianMixture(BaseDTI):
     #: component's outlying members cannot make a half of their own.  On one
     #: machine: MNIST-test 90.9 +- 6.6 -> 96.3 +- 0.3 ACC from a clean
     #: checkout (five seeds, two had merged the 4s and the 9s); MNIST at
-    #: 16 x 16 90.4 -> 94.5 on seeds 0-4, but seeds 5-9 then gave 86.4, so the
-    #: mixture is not yet reliable there; ``load_digits`` (8 x 8) 92.2 -> 90.7
-    #: (docs/benchmarks.md).
+    #: 16 x 16 90.4 -> 94.5 on seeds 0-4, but seeds 5-9 then gave 86.4 (no run
+    #: merged there once the weights were held equal, ``mixing_weights``);
+    #: ``load_digits`` (8 x 8) 92.2 -> 90.7 (docs/benchmarks.md).
     split_seeding = "principal"
     # ``max_iter="auto"`` aims for DTIKMeans's 9,000 gradient steps since the
     # tried move (``TrainingLoop._try_move``): on MNIST-test, 95.9 +- 0.4 ACC with

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
-from scipy.special import logsumexp
+from scipy.special import logsumexp, softmax
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -109,6 +109,22 @@ def test_variances_and_weights(fitted):
     assert fitted.weights_.sum() == pytest.approx(1.0, abs=1e-9)
     assert fitted.means_.shape == (K, H * W)
     np.testing.assert_array_equal(fitted.means_, fitted.prototypes_.reshape(K, -1))
+
+
+def test_equal_mixing_weights_stay_equal_and_learned_ones_move(digits):
+    kwargs = {"transforms": ["aff"], "max_iter": 3, "batch_size": 32, "random_state": 0}
+    equal = DTIGaussianMixture(K, **kwargs).fit(digits)
+    np.testing.assert_array_equal(equal.weights_, np.full(K, 1 / K))
+    assert not equal.network_.mixing_logits.requires_grad
+    # predict_proba is the softmax of the log-densities alone
+    densities = -(equal.transform(digits[:5]))
+    np.testing.assert_allclose(
+        equal.predict_proba(digits[:5]), softmax(densities, axis=1), rtol=1e-6, atol=1e-12
+    )
+    learned = DTIGaussianMixture(K, mixing_weights="learned", **kwargs).fit(digits)
+    assert np.abs(learned.weights_ - 1 / K).max() > 1e-4
+    with pytest.raises(ValueError, match="mixing_weights"):
+        DTIGaussianMixture(K, mixing_weights="free").fit(digits)
 
 
 def test_fitted_attributes_are_finite(fitted):
