@@ -178,7 +178,8 @@ class DTIGaussianMixture(BaseDTI):
     images whose colours vary at random (MNIST-color) the mixture clusters
     by colour (13.1 % ACC on 2,000 images); put
     :class:`~dti_sklearn.preprocessing.ImageStandardizer` in front of it
-    there (93.4 %; 96.6 +- 0.2 on the 10,000 images, ``docs/user_guide.md``).
+    there (93.4 %; on the 10,000 images 96.6 +- 0.2 with learned weights,
+    96.1 on one seed with the default equal ones, ``docs/user_guide.md``).
 
     See Also
     --------
