@@ -166,13 +166,13 @@ class DTIGaussianMixture(BaseDTI):
     Training makes the split-and-merge moves described in
     :class:`DTIKMeans`, judged on this model's costs (minus log-likelihoods);
     with learned weights the split component's weight is shared by its two
-    halves.  The tried
-    move's two branches (and the race's starts) are compared on their
-    likelihood with the mixing weights set equal: the weights' share of the
-    likelihood rewards unequal sizes whatever the fit, so a run that holds
-    two kinds of images in one component would otherwise gain from that
-    alone.  The race between starts described there is off by default here
-    too.
+    halves.  The tried move's two branches (and the race's starts) are
+    compared on their likelihood with the mixing weights set equal (with
+    ``mixing_weights="equal"`` simply their likelihood): the weights' share
+    of the likelihood rewards unequal sizes whatever the fit, so a run that
+    holds two kinds of images in one component would otherwise gain from
+    that alone.  The race between starts described there is off by default
+    here too.
 
     The default transformations hold no colour transformation, so on
     images whose colours vary at random (MNIST-color) the mixture clusters
