@@ -60,7 +60,7 @@ DEFAULT_TRANSFORMS = ("affine", "thin_plate_spline", "morphological")
 AUTO_STEPS = 9000
 #: Gradient steps of ``max_iter="auto"`` with a colour transformation, for
 #: either estimator.  Its steps cost more (three channels, a wider encoder
-#: input): 9,000 steps (58 epochs of MNIST-color) take 4 to 6 minutes on two
+#: input): 9,000 steps (58 epochs of MNIST-color) take 4 to 9 minutes on two
 #: cores, and 20 epochs left two digits merged where 60 did not.
 PHOTOMETRIC_AUTO_STEPS = 9000
 #: Bounds on the number of epochs under ``max_iter="auto"``.
