@@ -161,15 +161,12 @@ class TrainingLoop:
     #: (docs/benchmarks.md).
     split_seeding = "farthest"
     #: Starts that each initialisation races through its first epochs with a
-    #: shape-changing transformation on grey images; the one with the lowest
-    #: objective then is trained to the end (see ``_race``).  1, the default,
-    #: runs no race: with 3, DTIKMeans on MNIST-test rose from 97.0 +- 0.3 to
-    #: 97.4 +- 0.1 ACC, but fell on MNIST resized to 16 x 16 (two seeds, 96.9
-    #: and 96.8 -> 96.6 and 95.9) and on ``load_digits`` (docs/benchmarks.md).
+    #: shape-changing transformation; the one with the lowest objective then
+    #: is trained to the end (see ``_race``).  1, the default, runs no race:
+    #: with 3, DTIKMeans on MNIST-test rose from 97.0 +- 0.3 to 97.4 +- 0.1
+    #: ACC, but fell on MNIST resized to 16 x 16 (two seeds, 96.9 and 96.8
+    #: -> 96.6 and 95.9) and on ``load_digits`` (docs/benchmarks.md).
     n_candidates = 1
-    #: The same on images of more than one channel (see ``_candidates``).
-    #: 1 here; DTIKMeans races 3.
-    n_colour_candidates = 1
     #: Epochs that the race trains with the first shape-changing
     #: transformation on, at least.
     race_epochs = 2
@@ -202,8 +199,8 @@ class TrainingLoop:
         starts: list[int], seed: int, init_index: int,
     ) -> _Run:
         """Train one network from one initialisation (after a race between starts)."""
-        race_end = self._race_end(transformations, starts, data)
-        n_candidates = 1 if race_end is None else self._candidates(data)
+        race_end = self._race_end(transformations, starts, len(data))
+        n_candidates = 1 if race_end is None else self.n_candidates
         progress = tqdm(
             total=self._epochs + (n_candidates - 1) * (race_end or 0),
             disable=not self.verbose, leave=False,
@@ -244,7 +241,7 @@ class TrainingLoop:
         scored by their objective on the training set; only the best goes on.
         """
         seeds = [seed, *np.random.RandomState(seed).randint(
-            np.iinfo(np.int32).max, size=self._candidates(data) - 1
+            np.iinfo(np.int32).max, size=self.n_candidates - 1
         )]
         best, best_losses, best_objective = None, [], math.inf
         for candidate_seed in seeds:
@@ -289,18 +286,8 @@ class TrainingLoop:
         network.train()
         return objective
 
-    def _candidates(self, data: torch.Tensor) -> int:
-        """Starts raced by each initialisation on these (n, C, H, W) images.
-
-        ``n_colour_candidates`` on images of more than one channel, else
-        ``n_candidates``: the race was measured to help on colour images and
-        to hurt on small grey ones (see the two attributes and
-        docs/benchmarks.md, "The race on colour images").
-        """
-        return self.n_colour_candidates if data.shape[1] > 1 else self.n_candidates
-
     def _race_end(
-        self, transformations: list[Transformation], starts: list[int], data: torch.Tensor,
+        self, transformations: list[Transformation], starts: list[int], n_samples: int,
     ) -> int | None:
         """The epoch at which the race between starts ends, or None for no race.
 
@@ -309,9 +296,8 @@ class TrainingLoop:
         learning-rate decay and the trial epoch.
         """
         shaping = [start for start, t in zip(starts, transformations) if _changes_shapes(t)]
-        if self._candidates(data) < 2 or not shaping:
+        if self.n_candidates < 2 or not shaping:
             return None
-        n_samples = len(data)
         steps_per_epoch = math.ceil(n_samples / min(self.batch_size, n_samples))
         end = min(shaping) + max(self.race_epochs, math.ceil(self.race_steps / steps_per_epoch))
         trial = self._trial_epoch(transformations, starts)

@@ -170,10 +170,6 @@ class DTIKMeans(BaseDTI):
     the final loss, but the accuracy only at 28 x 28: on MNIST-test 97.4 +-
     0.1 ACC against 97.0 +- 0.3 (five seeds), on MNIST resized to 16 x 16
     96.6 and 95.9 against 96.9 and 96.8 (two seeds), so it is off by default
-    on grey images.  On colour images (more than one channel) three starts
-    race by default (``model.n_colour_candidates = 1`` skips it): on
-    MNIST-color 97.2 +- 0.2 ACC against 96.6 +- 1.1 (five seeds; the race
-    repaired the one weak run, 94.4 -> 97.2), at about 15% more time
     (docs/benchmarks.md).
 
     Besides the paper's recipe (curriculum, learning-rate drop, restart of
@@ -219,11 +215,6 @@ class DTIKMeans(BaseDTI):
         **BaseDTI._parameter_constraints,
         "n_clusters": [BaseDTI._parameter_constraints["max_iter"][0]],
     }
-    #: Starts raced by each initialisation on colour images
-    #: (``TrainingLoop``'s ``n_colour_candidates``; grey images race none).
-    #: MNIST-color, five seeds on one machine: 96.6 +- 1.1 ACC without the
-    #: race (seed 0 at 94.4), 97.2 +- 0.2 with it (docs/benchmarks.md).
-    n_colour_candidates = 3
 
     def __init__(
         self,

@@ -132,38 +132,3 @@ def test_each_initialisation_races_its_own_starts(few_digits, monkeypatch):
     prototypes = {networks[i].prototypes.detach().numpy().tobytes() for i in range(6)}
     assert len(prototypes) == 6
 
-
-
-def _coloured(images):
-    """The grey images as (n, H, W, 3) colour images, each channel scaled differently."""
-    return np.stack([images, 0.5 * images, 1.0 - images], axis=-1)
-
-
-@pytest.mark.parametrize(
-    ("estimator_class", "colour", "expected"),
-    [(DTIKMeans, True, 3), (DTIKMeans, False, 1),
-     (DTIGaussianMixture, True, 1), (DTIGaussianMixture, False, 1)],
-)
-def test_the_default_race_runs_for_colour_images_in_dtikmeans_only(
-    few_digits, monkeypatch, estimator_class, colour, expected,
-):
-    networks = _spy_starts(monkeypatch, estimator_class)
-    model = estimator_class(3, transforms=["aff"], max_iter=8, batch_size=50, random_state=0)
-    model.race_steps = 0
-    model.try_moves = False
-    model.fit(_coloured(few_digits) if colour else few_digits)
-    assert len(networks) == expected
-
-
-def test_the_colour_race_follows_n_colour_candidates(few_digits, monkeypatch):
-    networks = _spy_starts(monkeypatch, DTIKMeans)
-    model = DTIKMeans(3, transforms=["aff"], max_iter=8, batch_size=50, random_state=0)
-    model.race_steps = 0
-    model.try_moves = False
-    model.n_colour_candidates = 1
-    model.fit(_coloured(few_digits))
-    assert len(networks) == 1
-    model.n_colour_candidates = 2
-    model.n_candidates = 5  # the grey setting does not apply to colour images
-    model.fit(_coloured(few_digits))
-    assert len(networks) == 1 + 2
