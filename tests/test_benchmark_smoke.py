@@ -291,21 +291,11 @@ def test_cuda_graph_probe_times_eager_steps_on_the_cpu(tmp_path, capsys):
     assert "batch   16 eager" in capsys.readouterr().out
 
 
-def _load_profile_step():
-    """benchmarks/profile_step.py as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "profile_step", REPO_ROOT / "benchmarks" / "profile_step.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("model", ["kmeans", "gmm"])
 def test_profile_step_runs_the_defaults(model, capsys):
     """benchmarks/profile_step.py builds each estimator's default sequence, "auto" settings
     resolved as in fit, and times a few steps."""
-    module = _load_profile_step()
+    module = _load_script("profile_step")
     rate = module.main(["--model", model, "--size", "16", "--steps", "1", "--batch-size", "8"])
     assert rate > 0
     assert "Morphological" in capsys.readouterr().out
@@ -313,10 +303,39 @@ def test_profile_step_runs_the_defaults(model, capsys):
 
 def test_profile_step_times_the_encoder_channels_last(capsys):
     """``--channels-last`` times the same step with the encoder in channels-last layout."""
-    module = _load_profile_step()
+    module = _load_script("profile_step")
     args = ["--size", "16", "--steps", "1", "--batch-size", "8", "--channels-last"]
     assert module.main(args) > 0
     assert "channels_last=True" in capsys.readouterr().out
+
+
+def test_throughput_profiles_a_fit_on_random_images(capsys):
+    """benchmarks/throughput.py fits through the public API and, with ``--profile``, prints
+    torch.profiler's operator table."""
+    module = _load_script("throughput")
+    rate = module.main(["--n-samples", "32", "--max-iter", "1", "--size", "16",
+                        "--batch-size", "16", "--profile"])
+    out = capsys.readouterr().out
+    assert rate > 0
+    assert "images/s" in out
+    assert "Self CPU time total" in out
+
+
+def test_throughput_reads_its_images_from_the_data_folder(tmp_path):
+    """``--data`` loads MNIST-test from the folder given: an empty folder is an error."""
+    module = _load_script("throughput")
+    with pytest.raises(FileNotFoundError, match="t10k-images"):
+        module.main(["--data", str(tmp_path), "--n-samples", "32", "--max-iter", "1"])
+
+
+@needs_mnist
+def test_throughput_times_mnist_images(capsys):
+    """``--data`` with the shared MNIST folder: the first images, k-means++ start."""
+    module = _load_script("throughput")
+    rate = module.main(["--data", str(MNIST_DIR), "--n-samples", "64", "--max-iter", "1",
+                        "--batch-size", "32", "--init", "k-means++"])
+    assert rate > 0
+    assert "of 64 images" in capsys.readouterr().out
 
 
 def test_parallel_runs_keep_the_specs_order(bench, monkeypatch):
