@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -46,10 +48,10 @@ def main(argv: list[str] | None = None) -> float:
         rng = np.random.default_rng(0)
         X = rng.random((args.n_samples, args.size, args.size), dtype=np.float32)
     else:
-        from dti_sklearn.datasets import load_mnist
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_mnist import load_dataset
 
-        images, _ = load_mnist(args.data, subset="test")
-        X = images[: args.n_samples].astype(np.float32) / np.float32(255.0)
+        X, _ = load_dataset("mnist", args.data, args.n_samples)
     model = DTIKMeans(
         n_clusters=10, transforms=args.transforms, max_iter=args.max_iter,
         batch_size=args.batch_size, curriculum=[0] * len(args.transforms), init=args.init,
@@ -58,8 +60,11 @@ def main(argv: list[str] | None = None) -> float:
     # One start: the race between starts would train epochs that the rate
     # below does not count.
     model.n_candidates = 1
-    profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-    with profiler if args.profile else contextlib.nullcontext():
+    profiler = (
+        torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        if args.profile else contextlib.nullcontext()
+    )
+    with profiler:
         start = time.perf_counter()
         model.fit(X)
         seconds = time.perf_counter() - start
